@@ -1,0 +1,224 @@
+//! The catalogue of ways fakellm can answer, and their textual spellings (flags and in-prompt markers).
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::spec::canonical_section;
+
+/// How the server answers a `POST /v1/messages` that passed validation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Behavior {
+    /// A complete, well-formed spec with `stop_reason: "end_turn"`.
+    Good,
+    /// The spec cut off inside `TDD Plan`, with `stop_reason: "max_tokens"`.
+    Truncated,
+    /// The spec without the named section (heading and body).
+    MissingSection(String),
+    /// The spec with the named section's heading kept and its body emptied.
+    EmptySection(String),
+    /// The spec whose only `## Test Command` line sits inside a code fence.
+    FencedTestCommand,
+    /// Wait this long (or until shutdown), then answer like `Good`.
+    Slow(Duration),
+    /// Answer with this HTTP status and the matching Anthropic error body.
+    Status(u16),
+    /// 200 with a JSON content type but a body that is not JSON.
+    Garbage,
+    /// 200 with valid JSON that is not a message.
+    WrongShape,
+    /// Read the request and never answer until the server shuts down.
+    Hang,
+    /// Read the request, then close the connection without a byte of answer.
+    Reset,
+}
+
+/// Shown in parse errors so a typo in a flag or marker is fixable without reading the source.
+const SPELLINGS: &str = "good, truncated, missing=<Section Name>, empty=<Section Name>, fenced, \
+                         slow=<millis>, status=<code>, garbage, wrong-shape, hang, reset";
+
+/// A marker in prompt text looks like `[fakellm:truncated]`.
+pub(crate) const MARKER_OPEN: &str = "[fakellm:";
+
+impl Behavior {
+    /// Parses the spelling used by `--behavior` and by `[fakellm:...]` markers.
+    pub fn parse(s: &str) -> Result<Behavior, String> {
+        let s = s.trim();
+        let (key, arg) = match s.split_once('=') {
+            Some((k, a)) => (k.trim(), Some(a.trim())),
+            None => (s, None),
+        };
+        let behavior = match (key, arg) {
+            ("good", None) => Behavior::Good,
+            ("truncated", None) => Behavior::Truncated,
+            ("fenced", None) => Behavior::FencedTestCommand,
+            ("garbage", None) => Behavior::Garbage,
+            ("wrong-shape", None) => Behavior::WrongShape,
+            ("hang", None) => Behavior::Hang,
+            ("reset", None) => Behavior::Reset,
+            ("missing", Some(name)) => Behavior::MissingSection(section_arg(name)?),
+            ("empty", Some(name)) => Behavior::EmptySection(section_arg(name)?),
+            ("slow", Some(ms)) => {
+                let ms: u64 = ms.parse().map_err(|_| {
+                    format!("slow=<millis> needs a whole number of milliseconds, got {ms:?}")
+                })?;
+                Behavior::Slow(Duration::from_millis(ms))
+            }
+            ("status", Some(code)) => {
+                let code = code
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|c| (400..=599).contains(c))
+                    .ok_or_else(|| {
+                        format!("status=<code> needs an HTTP error status 400-599, got {code:?}")
+                    })?;
+                Behavior::Status(code)
+            }
+            (
+                "good" | "truncated" | "fenced" | "garbage" | "wrong-shape" | "hang" | "reset",
+                Some(_),
+            ) => {
+                return Err(format!("behavior {key:?} takes no argument"));
+            }
+            ("missing" | "empty" | "slow" | "status", None) => {
+                return Err(format!("behavior {key:?} needs an argument: {key}=..."));
+            }
+            _ => {
+                return Err(format!(
+                    "unknown behavior {s:?}; expected one of: {SPELLINGS}"
+                ));
+            }
+        };
+        Ok(behavior)
+    }
+}
+
+/// Section names are matched loosely but stored canonically, so `Display` round-trips and
+/// a misspelt name fails loudly instead of silently removing nothing.
+fn section_arg(name: &str) -> Result<String, String> {
+    canonical_section(name).map(str::to_string).ok_or_else(|| {
+        format!(
+            "unknown section {name:?}; expected one of: {}",
+            crate::spec::SECTIONS.join(", ")
+        )
+    })
+}
+
+impl fmt::Display for Behavior {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Behavior::Good => f.write_str("good"),
+            Behavior::Truncated => f.write_str("truncated"),
+            Behavior::MissingSection(name) => write!(f, "missing={name}"),
+            Behavior::EmptySection(name) => write!(f, "empty={name}"),
+            Behavior::FencedTestCommand => f.write_str("fenced"),
+            Behavior::Slow(d) => write!(f, "slow={}", d.as_millis()),
+            Behavior::Status(code) => write!(f, "status={code}"),
+            Behavior::Garbage => f.write_str("garbage"),
+            Behavior::WrongShape => f.write_str("wrong-shape"),
+            Behavior::Hang => f.write_str("hang"),
+            Behavior::Reset => f.write_str("reset"),
+        }
+    }
+}
+
+/// The first `[fakellm:...]` marker in `text`, if any. A malformed marker is an error rather
+/// than ignored, because a test that meant to force a behaviour must not silently get `Good`.
+pub(crate) fn find_marker(text: &str) -> Option<Result<Behavior, String>> {
+    let start = text.find(MARKER_OPEN)?;
+    let rest = &text[start + MARKER_OPEN.len()..];
+    Some(match rest.find(']') {
+        Some(end) => Behavior::parse(&rest[..end]).map_err(|e| format!("bad fakellm marker: {e}")),
+        None => Err("bad fakellm marker: missing closing ']'".to_string()),
+    })
+}
+
+/// `text` without any `[fakellm:...]` markers, so a marker never leaks into the generated spec.
+pub(crate) fn strip_markers(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find(MARKER_OPEN) {
+        out.push_str(&rest[..start]);
+        let after = &rest[start..];
+        rest = match after.find(']') {
+            Some(end) => &after[end + 1..],
+            None => "",
+        };
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_spelling_round_trips() {
+        for s in [
+            "good",
+            "truncated",
+            "missing=Test Command",
+            "empty=Acceptance Criteria",
+            "fenced",
+            "slow=250",
+            "status=429",
+            "garbage",
+            "wrong-shape",
+            "hang",
+            "reset",
+        ] {
+            let b = Behavior::parse(s).unwrap();
+            assert_eq!(b.to_string(), s);
+            assert_eq!(Behavior::parse(&b.to_string()).unwrap(), b);
+        }
+    }
+
+    #[test]
+    fn parse_builds_the_expected_variants() {
+        assert_eq!(
+            Behavior::parse("missing=test command").unwrap(),
+            Behavior::MissingSection("Test Command".into())
+        );
+        assert_eq!(
+            Behavior::parse("slow=1500").unwrap(),
+            Behavior::Slow(Duration::from_millis(1500))
+        );
+        assert_eq!(
+            Behavior::parse("status=529").unwrap(),
+            Behavior::Status(529)
+        );
+    }
+
+    #[test]
+    fn parse_rejects_bad_spellings() {
+        for s in [
+            "",
+            "Good",
+            "nice",
+            "missing",
+            "missing=Nope",
+            "empty=",
+            "slow=fast",
+            "slow",
+            "status=200",
+            "status=abc",
+            "good=1",
+            "wrong_shape",
+        ] {
+            assert!(Behavior::parse(s).is_err(), "{s:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn markers_are_found_and_stripped() {
+        let text = "Add login\n[fakellm:missing=Out of Scope] please";
+        assert_eq!(
+            find_marker(text),
+            Some(Ok(Behavior::MissingSection("Out of Scope".into())))
+        );
+        assert_eq!(strip_markers(text), "Add login\n please");
+        assert_eq!(find_marker("no marker here"), None);
+        assert!(matches!(find_marker("[fakellm:bogus]"), Some(Err(_))));
+        assert!(matches!(find_marker("[fakellm:good"), Some(Err(_))));
+    }
+}

@@ -1,0 +1,149 @@
+//! fakellm: an offline stand-in for the Anthropic Messages API, speaking its real wire format
+//! over HTTP/1.1 on loopback, for damascus's integration tests and for `make run` without a key.
+//!
+//! ```no_run
+//! use fakellm::{Behavior, FakeLlm};
+//! let llm = FakeLlm::start(Behavior::Good).unwrap();
+//! let base_url = llm.url(); // point the client here
+//! llm.set_behavior(Behavior::Status(429));
+//! assert_eq!(llm.request_count(), 0);
+//! llm.shutdown();
+//! ```
+
+mod api;
+mod behavior;
+mod http;
+mod server;
+mod spec;
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+pub use behavior::Behavior;
+pub use spec::{SECTIONS, good_spec, spec_for};
+
+/// One request as the server received it, kept even when it was rejected.
+#[derive(Clone, Debug)]
+pub struct RecordedRequest {
+    pub method: String,
+    /// The request target as sent, including any query string.
+    pub path: String,
+    /// Header names lowercased, in arrival order.
+    pub headers: Vec<(String, String)>,
+    /// The body parsed as JSON, or `None` if it was not JSON.
+    pub body: Option<serde_json::Value>,
+    /// The body as text (lossily decoded if it was not UTF-8).
+    pub raw_body: String,
+}
+
+impl RecordedRequest {
+    /// The first value of header `name`, matched case-insensitively.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A running fake server; dropping it shuts it down.
+pub struct FakeLlm {
+    addr: SocketAddr,
+    shared: Arc<server::Shared>,
+    accept_thread: Option<JoinHandle<()>>,
+}
+
+impl FakeLlm {
+    /// Starts a server on an ephemeral loopback port.
+    pub fn start(default: Behavior) -> io::Result<FakeLlm> {
+        Self::start_on("127.0.0.1:0", default)
+    }
+
+    /// Starts a server on `addr` (e.g. `"127.0.0.1:8787"`; port 0 picks a free one).
+    pub fn start_on(addr: &str, default: Behavior) -> io::Result<FakeLlm> {
+        let listener = TcpListener::bind(addr)?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(server::Shared::new(default));
+        let accept_thread = server::spawn_acceptor(listener, Arc::clone(&shared))?;
+        Ok(FakeLlm {
+            addr,
+            shared,
+            accept_thread: Some(accept_thread),
+        })
+    }
+
+    /// The address clients should connect to; a wildcard bind is reported as loopback,
+    /// since "connect to 0.0.0.0" is not something to hand a client.
+    pub fn addr(&self) -> SocketAddr {
+        let mut addr = self.addr;
+        match addr.ip() {
+            IpAddr::V4(ip) if ip.is_unspecified() => addr.set_ip(Ipv4Addr::LOCALHOST.into()),
+            IpAddr::V6(ip) if ip.is_unspecified() => addr.set_ip(Ipv6Addr::LOCALHOST.into()),
+            _ => {}
+        }
+        addr
+    }
+
+    /// The base URL, e.g. `http://127.0.0.1:41234`, without a trailing slash.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr())
+    }
+
+    /// The default behaviour for requests without a marker.
+    pub fn behavior(&self) -> Behavior {
+        self.shared.behavior()
+    }
+
+    /// Changes the default for requests received from now on.
+    pub fn set_behavior(&self, b: Behavior) {
+        self.shared.set_behavior(b);
+    }
+
+    /// When on, one line per request (`POST /v1/messages -> 200 good`) goes to stderr.
+    pub fn set_logging(&self, on: bool) {
+        self.shared.set_logging(on);
+    }
+
+    /// Every request received so far, in order, including rejected ones.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.shared.requests()
+    }
+
+    pub fn request_count(&self) -> usize {
+        self.shared.request_count()
+    }
+
+    pub fn clear_requests(&self) {
+        self.shared.clear_requests();
+    }
+
+    /// Stops accepting, wakes Slow/Hang handlers, closes open connections and joins the
+    /// accept thread.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        let Some(accept_thread) = self.accept_thread.take() else {
+            return;
+        };
+        self.shared.begin_stop();
+        // accept() has no timeout; a throwaway connection is the portable way to wake it.
+        let woke = TcpStream::connect_timeout(&self.addr(), Duration::from_secs(1)).is_ok();
+        if woke {
+            let _ = accept_thread.join();
+        }
+        // Without the wake-up, joining could block forever; the thread exits on its next
+        // accept instead.
+        self.shared.close_all_connections();
+    }
+}
+
+impl Drop for FakeLlm {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,419 @@
+//! The running server: shared state, the accept loop, and one handler thread per connection.
+
+use std::collections::HashMap;
+use std::io::{self, Read};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::RecordedRequest;
+use crate::api;
+use crate::behavior::{Behavior, find_marker};
+use crate::http::{self, Head, ReadError, Rejection, Response};
+use crate::spec;
+
+/// Long enough for any honest client, short enough that a stuck one frees its thread.
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How often a hanging handler checks whether its client has given up.
+const HANG_POLL: Duration = Duration::from_millis(200);
+
+/// A panicking handler must not take the whole fake down with poisoned locks; the data
+/// behind every lock here stays consistent even if a holder panicked.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// State shared between the owner, the accept thread and connection handlers.
+pub(crate) struct Shared {
+    default: Mutex<Behavior>,
+    requests: Mutex<Vec<RecordedRequest>>,
+    /// The flag lives under a mutex (not an atomic) so Slow/Hang can wait on the condvar
+    /// without missing the wake-up.
+    stopping: Mutex<bool>,
+    stop_signal: Condvar,
+    /// Clones of live sockets, so shutdown can unblock handlers stuck in reads.
+    conns: Mutex<HashMap<u64, TcpStream>>,
+    next_conn: AtomicU64,
+    next_message: AtomicU64,
+    logging: AtomicBool,
+}
+
+impl Shared {
+    pub(crate) fn new(default: Behavior) -> Self {
+        Shared {
+            default: Mutex::new(default),
+            requests: Mutex::new(Vec::new()),
+            stopping: Mutex::new(false),
+            stop_signal: Condvar::new(),
+            conns: Mutex::new(HashMap::new()),
+            next_conn: AtomicU64::new(1),
+            next_message: AtomicU64::new(1),
+            logging: AtomicBool::new(false),
+        }
+    }
+
+    pub(crate) fn behavior(&self) -> Behavior {
+        lock(&self.default).clone()
+    }
+
+    pub(crate) fn set_behavior(&self, b: Behavior) {
+        *lock(&self.default) = b;
+    }
+
+    pub(crate) fn requests(&self) -> Vec<RecordedRequest> {
+        lock(&self.requests).clone()
+    }
+
+    pub(crate) fn request_count(&self) -> usize {
+        lock(&self.requests).len()
+    }
+
+    pub(crate) fn clear_requests(&self) {
+        lock(&self.requests).clear();
+    }
+
+    pub(crate) fn set_logging(&self, on: bool) {
+        self.logging.store(on, Ordering::Relaxed);
+    }
+
+    fn log(&self, line: &str) {
+        if self.logging.load(Ordering::Relaxed) {
+            eprintln!("{line}");
+        }
+    }
+
+    fn is_stopping(&self) -> bool {
+        *lock(&self.stopping)
+    }
+
+    pub(crate) fn begin_stop(&self) {
+        *lock(&self.stopping) = true;
+        self.stop_signal.notify_all();
+    }
+
+    /// Sleeps up to `limit`, returning early with `true` if the server is stopping.
+    fn wait_for_stop(&self, limit: Duration) -> bool {
+        let deadline = Instant::now().checked_add(limit);
+        let mut stopped = lock(&self.stopping);
+        while !*stopped {
+            match deadline {
+                Some(deadline) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return false;
+                    }
+                    stopped = self
+                        .stop_signal
+                        .wait_timeout(stopped, deadline - now)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0;
+                }
+                None => {
+                    stopped = self
+                        .stop_signal
+                        .wait(stopped)
+                        .unwrap_or_else(PoisonError::into_inner);
+                }
+            }
+        }
+        true
+    }
+
+    /// Registers a live connection unless the server is stopping. Checked under the
+    /// registry lock so shutdown's sweep cannot miss a connection accepted concurrently.
+    fn register(&self, id: u64, stream: TcpStream) -> bool {
+        let mut conns = lock(&self.conns);
+        if self.is_stopping() {
+            return false;
+        }
+        conns.insert(id, stream);
+        true
+    }
+
+    fn unregister(&self, id: u64) {
+        lock(&self.conns).remove(&id);
+    }
+
+    /// Unblocks every handler still reading or hanging, so their threads end promptly.
+    pub(crate) fn close_all_connections(&self) {
+        for (_, stream) in lock(&self.conns).drain() {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+pub(crate) fn spawn_acceptor(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+) -> io::Result<JoinHandle<()>> {
+    thread::Builder::new()
+        .name("fakellm-accept".into())
+        .spawn(move || accept_loop(&listener, &shared))
+}
+
+fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
+    loop {
+        let accepted = listener.accept();
+        // Shutdown wakes this loop by connecting to it; that connection is just dropped.
+        if shared.is_stopping() {
+            return;
+        }
+        match accepted {
+            Ok((stream, _)) => start_connection(shared, stream),
+            // Transient (EMFILE, ECONNABORTED): back off rather than spin.
+            Err(_) => thread::sleep(Duration::from_millis(10)),
+        }
+    }
+}
+
+/// Unregisters a connection however its handler ends, including by panic.
+struct Registration {
+    shared: Arc<Shared>,
+    id: u64,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.shared.unregister(self.id);
+    }
+}
+
+fn start_connection(shared: &Arc<Shared>, stream: TcpStream) {
+    let _ = stream.set_read_timeout(Some(READ_TIMEOUT));
+    let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
+    let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+    let Ok(clone) = stream.try_clone() else {
+        return;
+    };
+    if !shared.register(id, clone) {
+        return;
+    }
+    let registration = Registration {
+        shared: Arc::clone(shared),
+        id,
+    };
+    // If the spawn fails the closure is dropped, which drops the registration too.
+    let _ = thread::Builder::new()
+        .name("fakellm-conn".into())
+        .spawn(move || {
+            let registration = registration;
+            handle_connection(&registration.shared, stream, id);
+        });
+}
+
+/// What to do with a request once it has been read and recorded.
+enum Reply {
+    Send(Response),
+    /// An early refusal with request bytes possibly still unread.
+    SendAndLinger(Response),
+    SlowThenSend(Duration, Response),
+    Hang,
+    Reset,
+}
+
+fn handle_connection(shared: &Shared, mut stream: TcpStream, conn_id: u64) {
+    let head = match http::read_head(&mut stream) {
+        Ok(head) => head,
+        Err(ReadError::Io) => return,
+        Err(ReadError::Reject(rej)) => {
+            shared.log(&format!(
+                "(malformed request) -> {} {}",
+                rej.status, rej.kind
+            ));
+            let resp = with_request_id(
+                api::error_response(rej.status, rej.kind, &rej.message),
+                conn_id,
+            );
+            if http::write_response(&mut stream, &resp).is_ok() {
+                http::linger_close(&mut stream);
+            }
+            return;
+        }
+    };
+    let body = match http::read_body(&mut stream, &head) {
+        Ok(bytes) => Ok(bytes),
+        Err(ReadError::Io) => return,
+        Err(ReadError::Reject(rej)) => Err(rej),
+    };
+    let raw = body.as_deref().unwrap_or_default();
+    let parsed: Option<Value> = serde_json::from_slice(raw).ok();
+    lock(&shared.requests).push(RecordedRequest {
+        method: head.method.clone(),
+        path: head.target.clone(),
+        headers: head.headers.clone(),
+        body: parsed.clone(),
+        raw_body: String::from_utf8_lossy(raw).into_owned(),
+    });
+
+    let (reply, label) = match body {
+        Err(rej) => (
+            Reply::SendAndLinger(api::error_response(rej.status, rej.kind, &rej.message)),
+            rej.kind.to_string(),
+        ),
+        Ok(_) => route(shared, &head, parsed.as_ref()),
+    };
+    let outcome = match &reply {
+        Reply::Send(r) | Reply::SendAndLinger(r) | Reply::SlowThenSend(_, r) => {
+            r.status.to_string()
+        }
+        Reply::Hang => "no answer".to_string(),
+        Reply::Reset => "closed".to_string(),
+    };
+    shared.log(&format!(
+        "{} {} -> {outcome} {label}",
+        head.method, head.target
+    ));
+
+    match reply {
+        Reply::Send(resp) => {
+            let _ = http::write_response(&mut stream, &with_request_id(resp, conn_id));
+        }
+        Reply::SendAndLinger(resp) => {
+            if http::write_response(&mut stream, &with_request_id(resp, conn_id)).is_ok() {
+                http::linger_close(&mut stream);
+            }
+        }
+        Reply::SlowThenSend(delay, resp) => {
+            // On shutdown the client gets a closed connection, like a dying real server.
+            if !shared.wait_for_stop(delay) {
+                let _ = http::write_response(&mut stream, &with_request_id(resp, conn_id));
+            }
+        }
+        Reply::Hang => hang(shared, &mut stream),
+        Reply::Reset => {}
+    }
+}
+
+fn with_request_id(mut resp: Response, conn_id: u64) -> Response {
+    resp.headers
+        .push(("request-id", format!("req_fake_{conn_id:016}")));
+    resp
+}
+
+fn reject(rej: Rejection) -> (Reply, String) {
+    let label = rej.kind.to_string();
+    (
+        Reply::Send(api::error_response(rej.status, rej.kind, &rej.message)),
+        label,
+    )
+}
+
+/// Checks the request in the same order as the real API (route, auth, version, body),
+/// then answers according to the marker or the server default.
+fn route(shared: &Shared, head: &Head, body: Option<&Value>) -> (Reply, String) {
+    if head.path() != "/v1/messages" {
+        return reject(Rejection::new(
+            404,
+            "not_found_error",
+            format!("Not found: {}", head.path()),
+        ));
+    }
+    if head.method != "POST" {
+        return reject(Rejection::new(
+            405,
+            "invalid_request_error",
+            format!("Method {} not allowed; use POST", head.method),
+        ));
+    }
+    if head.header("x-api-key").is_none_or(str::is_empty) {
+        return reject(Rejection::new(
+            401,
+            "authentication_error",
+            "x-api-key header is required",
+        ));
+    }
+    if head.header("anthropic-version").is_none_or(str::is_empty) {
+        return reject(Rejection::new(
+            400,
+            "invalid_request_error",
+            "anthropic-version: header is required",
+        ));
+    }
+    let Some(body) = body else {
+        return reject(Rejection::new(
+            400,
+            "invalid_request_error",
+            "request body is not valid JSON",
+        ));
+    };
+    let request = match api::parse_request(body) {
+        Ok(r) => r,
+        Err(message) => return reject(Rejection::new(400, "invalid_request_error", message)),
+    };
+    let behavior = match find_marker(&request.messages_text) {
+        None => shared.behavior(),
+        Some(Ok(b)) => b,
+        Some(Err(message)) => {
+            return reject(Rejection::new(400, "invalid_request_error", message));
+        }
+    };
+    let label = behavior.to_string();
+    (answer(shared, &request, &behavior), label)
+}
+
+fn answer(shared: &Shared, request: &api::MessagesRequest, behavior: &Behavior) -> Reply {
+    match behavior {
+        Behavior::Status(code) => Reply::Send(api::simulated_status(*code)),
+        Behavior::Garbage => Reply::Send(api::json_response(200, "<html>oops".to_string())),
+        Behavior::WrongShape => {
+            Reply::Send(api::json_response(200, r#"{"hello":"world"}"#.to_string()))
+        }
+        Behavior::Hang => Reply::Hang,
+        Behavior::Reset => Reply::Reset,
+        Behavior::Slow(delay) => {
+            Reply::SlowThenSend(*delay, message(shared, request, &Behavior::Good))
+        }
+        Behavior::Good
+        | Behavior::Truncated
+        | Behavior::MissingSection(_)
+        | Behavior::EmptySection(_)
+        | Behavior::FencedTestCommand => Reply::Send(message(shared, request, behavior)),
+    }
+}
+
+fn message(shared: &Shared, request: &api::MessagesRequest, behavior: &Behavior) -> Response {
+    let feature = spec::feature_name(&request.last_user_text);
+    let text = spec::spec_for(behavior, &feature).unwrap_or_else(|| spec::good_spec(&feature));
+    let (stop_reason, output_tokens) = if *behavior == Behavior::Truncated {
+        ("max_tokens", request.max_tokens)
+    } else {
+        ("end_turn", api::rough_tokens(text.chars().count()))
+    };
+    let id = shared.next_message.fetch_add(1, Ordering::Relaxed);
+    api::message_response(
+        id,
+        &request.model,
+        &text,
+        stop_reason,
+        api::rough_tokens(request.input_chars),
+        output_tokens,
+    )
+}
+
+/// Holds the connection open without answering until shutdown, but lets the thread go if
+/// the client gives up first, so a long-running binary does not collect dead threads.
+fn hang(shared: &Shared, stream: &mut TcpStream) {
+    if stream.set_nonblocking(true).is_err() {
+        shared.wait_for_stop(Duration::MAX);
+        return;
+    }
+    let mut scratch = [0u8; 1024];
+    loop {
+        if shared.wait_for_stop(HANG_POLL) {
+            return;
+        }
+        match stream.read(&mut scratch) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
+}

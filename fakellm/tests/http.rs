@@ -1,0 +1,542 @@
+//! End-to-end checks over real loopback HTTP, with a hand-written std-only client.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use fakellm::{Behavior, FakeLlm, SECTIONS, good_spec};
+use serde_json::{Value, json};
+
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+    /// Everything received, for the cases where nothing (or not HTTP) comes back.
+    raw: Vec<u8>,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    fn text(&self) -> String {
+        self.json()["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    fn error_type(&self) -> String {
+        let v = self.json();
+        assert_eq!(v["type"], "error", "{v}");
+        v["error"]["type"].as_str().unwrap().to_string()
+    }
+}
+
+fn host(url: &str) -> &str {
+    url.strip_prefix("http://").unwrap()
+}
+
+fn connect(url: &str) -> TcpStream {
+    let stream = TcpStream::connect(host(url)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream
+}
+
+fn read_reply(stream: &mut TcpStream) -> Reply {
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return Reply {
+            status: 0,
+            headers: vec![],
+            body: String::new(),
+            raw,
+        };
+    };
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .map(|l| {
+            let (n, v) = l.split_once(':').unwrap();
+            (n.to_ascii_lowercase(), v.trim().to_string())
+        })
+        .collect::<Vec<_>>();
+    let len: usize = headers
+        .iter()
+        .find(|(n, _)| n == "content-length")
+        .map(|(_, v)| v.parse().unwrap())
+        .unwrap();
+    assert_eq!(body.len(), len, "content-length must match the body");
+    Reply {
+        status,
+        headers,
+        body: body.to_string(),
+        raw,
+    }
+}
+
+fn send_raw(url: &str, raw: &[u8]) -> Reply {
+    let mut stream = connect(url);
+    stream.write_all(raw).unwrap();
+    read_reply(&mut stream)
+}
+
+fn request(url: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+    let mut raw = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\n", host(url));
+    for (n, v) in headers {
+        raw.push_str(&format!("{n}: {v}\r\n"));
+    }
+    raw.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    send_raw(url, raw.as_bytes())
+}
+
+const AUTH: [(&str, &str); 3] = [
+    ("x-api-key", "test-key"),
+    ("anthropic-version", "2023-06-01"),
+    ("content-type", "application/json"),
+];
+
+fn body_for(prompt: &str) -> String {
+    json!({
+        "model": "claude-test-1",
+        "max_tokens": 777,
+        "system": "You write specs.",
+        "messages": [{"role": "user", "content": prompt}],
+    })
+    .to_string()
+}
+
+fn ask(llm: &FakeLlm, prompt: &str) -> Reply {
+    request(&llm.url(), "POST", "/v1/messages", &AUTH, &body_for(prompt))
+}
+
+fn headings(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("## "))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Lines that a Markdown parser would see as headings: those outside code fences.
+fn headings_outside_fences(text: &str) -> Vec<String> {
+    let mut in_fence = false;
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if line.trim_start().starts_with("```") {
+            in_fence = !in_fence;
+        } else if !in_fence && let Some(h) = line.strip_prefix("## ") {
+            out.push(h.to_string());
+        }
+    }
+    out
+}
+
+#[test]
+fn good_answer_has_the_exact_message_shape() {
+    let llm = FakeLlm::start(Behavior::Good).unwrap();
+    assert!(llm.url().starts_with("http://127.0.0.1:") && !llm.url().ends_with('/'));
+    let reply = ask(&llm, "\nAdd a password reset flow\nDetails follow.");
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("content-type"), Some("application/json"));
+    assert_eq!(reply.header("connection"), Some("close"));
+    let v = reply.json();
+    let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        [
+            "content",
+            "id",
+            "model",
+            "role",
+            "stop_reason",
+            "stop_sequence",
+            "type",
+            "usage"
+        ]
+    );
+    assert!(v["id"].as_str().unwrap().starts_with("msg_fake_"));
+    assert_eq!(v["type"], "message");
+    assert_eq!(v["role"], "assistant");
+    assert_eq!(v["model"], "claude-test-1");
+    assert_eq!(v["stop_reason"], "end_turn");
+    assert!(v["stop_sequence"].is_null());
+    assert_eq!(v["content"].as_array().unwrap().len(), 1);
+    assert_eq!(v["content"][0]["type"], "text");
+    assert!(v["usage"]["input_tokens"].as_u64().unwrap() >= 1);
+    let text = reply.text();
+    assert_eq!(
+        v["usage"]["output_tokens"].as_u64().unwrap(),
+        (text.chars().count() / 4) as u64
+    );
+    assert_eq!(text, good_spec("Add a password reset flow"));
+    assert_eq!(headings(&text), SECTIONS);
+    assert!(text.contains("\n1. ") && text.contains("\n2. ") && text.contains("\n3. "));
+    assert!(text.contains("## Test Command\n\n```sh\ncargo test\n```"));
+}
+
+#[test]
+fn different_tickets_give_different_specs_and_ids() {
+    let llm = FakeLlm::start(Behavior::Good).unwrap();
+    let a = ask(&llm, "Add CSV export");
+    let b = ask(&llm, "Fix the login timeout");
+    assert_ne!(a.text(), b.text());
+    assert!(b.text().contains("Fix the login timeout"));
+    assert_ne!(a.json()["id"], b.json()["id"]);
+}
+
+#[test]
+fn truncated_stops_on_max_tokens_inside_tdd_plan() {
+    let llm = FakeLlm::start(Behavior::Truncated).unwrap();
+    let v = ask(&llm, "Add CSV export").json();
+    assert_eq!(v["stop_reason"], "max_tokens");
+    assert_eq!(v["usage"]["output_tokens"], 777);
+    let text = v["content"][0]["text"].as_str().unwrap();
+    assert_eq!(headings(text), &SECTIONS[..4]);
+    assert!(!text.contains("## Test Command") && !text.contains("## Out of Scope"));
+}
+
+#[test]
+fn missing_and_empty_sections() {
+    let llm = FakeLlm::start(Behavior::MissingSection("Test Command".into())).unwrap();
+    let reply = ask(&llm, "Add CSV export");
+    assert_eq!(reply.json()["stop_reason"], "end_turn");
+    let text = reply.text();
+    assert!(!text.contains("## Test Command") && !text.contains("cargo test"));
+    assert_eq!(headings(&text), &SECTIONS[..5]);
+
+    llm.set_behavior(Behavior::EmptySection("Acceptance Criteria".into()));
+    let text = ask(&llm, "Add CSV export").text();
+    assert_eq!(headings(&text), SECTIONS);
+    assert!(text.contains("## Acceptance Criteria\n\n## TDD Plan"));
+}
+
+#[test]
+fn fenced_test_command_is_only_inside_a_fence() {
+    let llm = FakeLlm::start(Behavior::FencedTestCommand).unwrap();
+    let reply = ask(&llm, "Add CSV export");
+    assert_eq!(reply.json()["stop_reason"], "end_turn");
+    let text = reply.text();
+    assert!(text.lines().any(|l| l == "## Test Command"));
+    assert_eq!(headings_outside_fences(&text), &SECTIONS[..5]);
+}
+
+#[test]
+fn simulated_statuses_use_real_error_bodies() {
+    let llm = FakeLlm::start(Behavior::Status(429)).unwrap();
+    let reply = ask(&llm, "x");
+    assert_eq!(reply.status, 429);
+    assert_eq!(reply.error_type(), "rate_limit_error");
+    assert_eq!(reply.header("retry-after"), Some("1"));
+    for (code, kind) in [
+        (529, "overloaded_error"),
+        (500, "api_error"),
+        (503, "api_error"),
+    ] {
+        llm.set_behavior(Behavior::Status(code));
+        let reply = ask(&llm, "x");
+        assert_eq!(reply.status, code);
+        assert_eq!(reply.error_type(), kind);
+        assert_eq!(reply.header("retry-after"), None);
+    }
+}
+
+#[test]
+fn garbage_and_wrong_shape() {
+    let llm = FakeLlm::start(Behavior::Garbage).unwrap();
+    let reply = ask(&llm, "x");
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("content-type"), Some("application/json"));
+    assert!(serde_json::from_str::<Value>(&reply.body).is_err());
+
+    llm.set_behavior(Behavior::WrongShape);
+    let reply = ask(&llm, "x");
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.json(), json!({"hello": "world"}));
+}
+
+#[test]
+fn validation_errors() {
+    let llm = FakeLlm::start(Behavior::Good).unwrap();
+    let url = llm.url();
+    let body = body_for("x");
+
+    let reply = request(&url, "POST", "/v1/messages", &AUTH[1..], &body);
+    assert_eq!(
+        (reply.status, reply.error_type().as_str()),
+        (401, "authentication_error")
+    );
+
+    let reply = request(&url, "POST", "/v1/messages", &AUTH[..1], &body);
+    assert_eq!(
+        (reply.status, reply.error_type().as_str()),
+        (400, "invalid_request_error")
+    );
+
+    let reply = request(&url, "POST", "/v1/messages", &AUTH, "{not json");
+    assert_eq!(
+        (reply.status, reply.error_type().as_str()),
+        (400, "invalid_request_error")
+    );
+
+    let reply = request(
+        &url,
+        "POST",
+        "/v1/messages",
+        &AUTH,
+        r#"{"model":"m","messages":[]}"#,
+    );
+    assert_eq!(
+        (reply.status, reply.error_type().as_str()),
+        (400, "invalid_request_error")
+    );
+    assert!(
+        reply.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_tokens")
+    );
+
+    let reply = request(&url, "POST", "/v1/complete", &AUTH, &body);
+    assert_eq!(
+        (reply.status, reply.error_type().as_str()),
+        (404, "not_found_error")
+    );
+
+    let reply = request(&url, "GET", "/v1/messages", &AUTH, "");
+    assert_eq!(reply.status, 405);
+    assert_eq!(reply.header("allow"), Some("POST"));
+
+    let reply = send_raw(&url, b"this is not http\r\n\r\n");
+    assert_eq!(
+        (reply.status, reply.error_type().as_str()),
+        (400, "invalid_request_error")
+    );
+
+    // The server refuses before reading the body, so the client need not send 9 MiB.
+    let reply = send_raw(
+        &url,
+        b"POST /v1/messages HTTP/1.1\r\nx-api-key: k\r\nanthropic-version: v\r\nContent-Length: 9437184\r\n\r\n",
+    );
+    assert_eq!(
+        (reply.status, reply.error_type().as_str()),
+        (413, "request_too_large")
+    );
+
+    // Every one of them, even the refused ones, was recorded (the non-HTTP one could not be).
+    assert_eq!(llm.request_count(), 7);
+    // And the server is still healthy.
+    assert_eq!(ask(&llm, "x").status, 200);
+}
+
+#[test]
+fn marker_overrides_the_default() {
+    let llm = FakeLlm::start(Behavior::Status(500)).unwrap();
+    assert_eq!(ask(&llm, "Add CSV export").status, 500);
+    let reply = ask(&llm, "Add CSV export [fakellm:good]");
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.text(), good_spec("Add CSV export"));
+
+    llm.set_behavior(Behavior::Good);
+    let reply = ask(&llm, "[fakellm:status=529]\nAdd CSV export");
+    assert_eq!(
+        (reply.status, reply.error_type().as_str()),
+        (529, "overloaded_error")
+    );
+    let text = ask(&llm, "Add CSV export\n[fakellm:missing=Out of Scope]").text();
+    assert!(!text.contains("## Out of Scope"));
+    let reply = ask(&llm, "[fakellm:nonsense]");
+    assert_eq!(
+        (reply.status, reply.error_type().as_str()),
+        (400, "invalid_request_error")
+    );
+}
+
+#[test]
+fn requests_are_recorded_with_headers_and_body() {
+    let llm = FakeLlm::start(Behavior::Good).unwrap();
+    ask(&llm, "Add CSV export");
+    request(&llm.url(), "POST", "/v1/messages", &AUTH, "not json");
+    let recorded = llm.requests();
+    assert_eq!(recorded.len(), 2);
+    let first = &recorded[0];
+    assert_eq!(first.method, "POST");
+    assert_eq!(first.path, "/v1/messages");
+    assert_eq!(first.header("X-API-KEY"), Some("test-key"));
+    assert_eq!(first.header("anthropic-version"), Some("2023-06-01"));
+    assert!(
+        first
+            .headers
+            .iter()
+            .all(|(n, _)| *n == n.to_ascii_lowercase())
+    );
+    let body = first.body.as_ref().unwrap();
+    assert_eq!(body["messages"][0]["content"], "Add CSV export");
+    assert_eq!(body["max_tokens"], 777);
+    assert_eq!(recorded[1].body, None);
+    assert_eq!(recorded[1].raw_body, "not json");
+    llm.clear_requests();
+    assert_eq!(llm.request_count(), 0);
+}
+
+#[test]
+fn hang_answers_nothing_and_shutdown_is_prompt() {
+    let llm = FakeLlm::start(Behavior::Hang).unwrap();
+    let url = llm.url();
+    let client = thread::spawn(move || {
+        let start = Instant::now();
+        let reply = request(&url, "POST", "/v1/messages", &AUTH, &body_for("x"));
+        (reply, start.elapsed())
+    });
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while llm.request_count() == 0 {
+        assert!(Instant::now() < deadline, "request never arrived");
+        thread::sleep(Duration::from_millis(10));
+    }
+    // Other clients are still served while one hangs.
+    let other = ask(&llm, "[fakellm:good] Add CSV export");
+    assert_eq!(other.status, 200);
+    thread::sleep(Duration::from_millis(200));
+    let started = Instant::now();
+    llm.shutdown();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
+    let (reply, waited) = client.join().unwrap();
+    assert!(reply.raw.is_empty(), "hang must not answer");
+    assert!(waited >= Duration::from_millis(200));
+    assert!(
+        waited < Duration::from_secs(4),
+        "client was not released: {waited:?}"
+    );
+}
+
+#[test]
+fn reset_closes_without_answering() {
+    let llm = FakeLlm::start(Behavior::Reset).unwrap();
+    let reply = ask(&llm, "x");
+    assert!(reply.raw.is_empty());
+    assert_eq!(llm.request_count(), 1);
+}
+
+#[test]
+fn slow_waits_then_answers() {
+    let llm = FakeLlm::start(Behavior::Slow(Duration::from_millis(300))).unwrap();
+    let started = Instant::now();
+    let reply = ask(&llm, "Add CSV export");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(reply.text(), good_spec("Add CSV export"));
+}
+
+#[test]
+fn slow_ends_early_on_shutdown() {
+    let llm = FakeLlm::start(Behavior::Slow(Duration::from_secs(60))).unwrap();
+    let url = llm.url();
+    let client =
+        thread::spawn(move || request(&url, "POST", "/v1/messages", &AUTH, &body_for("x")));
+    while llm.request_count() == 0 {
+        thread::sleep(Duration::from_millis(10));
+    }
+    let started = Instant::now();
+    drop(llm);
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(client.join().unwrap().raw.is_empty());
+}
+
+#[test]
+fn expect_continue_and_split_writes() {
+    let llm = FakeLlm::start(Behavior::Good).unwrap();
+    let body = body_for("Add CSV export");
+    let mut stream = connect(&llm.url());
+    write!(
+        stream,
+        "POST /v1/messages HTTP/1.1\r\nx-api-key: k\r\nanthropic-version: v\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    let mut line = String::new();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    reader.read_line(&mut line).unwrap();
+    assert_eq!(line, "HTTP/1.1 100 Continue\r\n");
+    reader.read_line(&mut line).unwrap();
+    let (a, b) = body.split_at(body.len() / 2);
+    stream.write_all(a.as_bytes()).unwrap();
+    stream.flush().unwrap();
+    thread::sleep(Duration::from_millis(50));
+    stream.write_all(b.as_bytes()).unwrap();
+    let reply = read_reply(&mut stream);
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.text(), good_spec("Add CSV export"));
+}
+
+#[test]
+fn binary_serves_and_logs() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fakellm"))
+        .args(["--addr", "127.0.0.1:0", "--behavior", "truncated"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim_end()
+        .strip_prefix("fakellm listening on ")
+        .unwrap()
+        .to_string();
+    assert!(
+        url.starts_with("http://127.0.0.1:") && !url.ends_with(":0"),
+        "{line}"
+    );
+    let reply = request(&url, "POST", "/v1/messages", &AUTH, &body_for("x"));
+    assert_eq!(reply.json()["stop_reason"], "max_tokens");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(
+        stderr.contains("POST /v1/messages -> 200 truncated"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn binary_rejects_bad_flags() {
+    let out = Command::new(env!("CARGO_BIN_EXE_fakellm"))
+        .args(["--behavior", "bogus"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("usage: fakellm"));
+    assert!(out.stdout.is_empty());
+}

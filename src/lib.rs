@@ -1,0 +1,82 @@
+//! damascus: an LLM work pipeline inside PostgreSQL; this file lists the modules, loads the SQL and registers settings and workers at load time.
+
+use pgrx::prelude::*;
+
+pgrx::pg_module_magic!(name, version);
+
+pub mod api;
+pub mod core;
+pub mod cycle;
+pub mod error;
+pub mod guc;
+pub mod llm;
+pub mod store;
+pub mod tick;
+pub mod worker;
+
+pgrx::extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
+pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    guc::init();
+    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        worker::register_static_workers();
+    }
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    /// Lets the integration tests in `tests/` boot the test cluster through pgrx-tests.
+    #[pg_extern]
+    fn ready() -> bool {
+        true
+    }
+
+    #[pg_test]
+    fn submit_returns_increasing_ids_and_stores_a_new_ticket() {
+        let a = Spi::get_one::<i64>(
+            "SELECT damascus_submit('Add a health endpoint', 'GET /healthz returns 200')",
+        )
+        .unwrap()
+        .unwrap();
+        let b = Spi::get_one::<i64>("SELECT damascus_submit('  Second  ', 'b', 5)")
+            .unwrap()
+            .unwrap();
+        assert!(b > a);
+        let (state, title) = Spi::get_two_with_args::<String, String>(
+            "SELECT state, title FROM damascus.tickets WHERE id = $1",
+            &[b.into()],
+        )
+        .unwrap();
+        assert_eq!(state.as_deref(), Some("new"));
+        assert_eq!(title.as_deref(), Some("Second"));
+    }
+
+    #[pg_test(error = "invalid ticket: title is empty")]
+    fn submit_refuses_a_blank_title() {
+        Spi::run("SELECT damascus_submit('   ', 'body')").unwrap();
+    }
+
+    #[pg_test(error = "title must not be NULL")]
+    fn submit_refuses_a_null_title() {
+        Spi::run("SELECT damascus_submit(NULL, 'body')").unwrap();
+    }
+}
+
+/// Required by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    #[must_use]
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![
+            "shared_preload_libraries = 'damascus'",
+            "damascus.workers = 0",
+        ]
+    }
+}

@@ -1,0 +1,159 @@
+//! `damascus_tick()` plumbing: a dynamic background worker runs one cycle (a plain SELECT cannot commit) and hands its row back through a DSM segment.
+
+use std::sync::atomic::{Ordering, fence};
+
+use pgrx::bgworkers::BackgroundWorkerBuilder;
+use pgrx::pg_sys;
+
+use crate::cycle::{CycleEnd, TickRow};
+use crate::error::DamascusError;
+
+const STATUS_PENDING: u32 = 0;
+const STATUS_IDLE: u32 = 1;
+const STATUS_DONE: u32 = 2;
+const STATUS_FAILED: u32 = 3;
+
+/// The shared-memory record between the caller and its tick worker.
+#[repr(C)]
+struct TickSlot {
+    database: pg_sys::Oid,
+    caller_pid: i32,
+    status: u32,
+    ticket_id: i64,
+    phase: [u8; 64],
+    verdict: [u8; 64],
+    state: [u8; 64],
+    has_state: u32,
+    message: [u8; 512],
+}
+
+fn put(dst: &mut [u8], s: &str) {
+    // Cut on a char boundary so the caller always reads valid UTF-8.
+    let mut n = s.len().min(dst.len() - 1);
+    while !s.is_char_boundary(n) {
+        n -= 1;
+    }
+    dst[..n].copy_from_slice(&s.as_bytes()[..n]);
+    dst[n] = 0;
+}
+
+fn get(src: &[u8]) -> String {
+    let end = src.iter().position(|b| *b == 0).unwrap_or(src.len());
+    String::from_utf8_lossy(&src[..end]).into_owned()
+}
+
+/// The worker's side of the slot.
+pub struct WorkerSlot {
+    seg: *mut pg_sys::dsm_segment,
+    slot: *mut TickSlot,
+}
+
+impl WorkerSlot {
+    /// Attaches to the caller's segment; `None` if the caller already left.
+    pub fn attach(arg: pg_sys::Datum) -> Option<WorkerSlot> {
+        let handle = arg.value() as pg_sys::dsm_handle;
+        let seg = unsafe { pg_sys::dsm_attach(handle) };
+        if seg.is_null() {
+            return None;
+        }
+        let slot = unsafe { pg_sys::dsm_segment_address(seg) } as *mut TickSlot;
+        Some(WorkerSlot { seg, slot })
+    }
+
+    pub fn database(&self) -> pg_sys::Oid {
+        unsafe { (*self.slot).database }
+    }
+
+    pub fn caller_pid(&self) -> i32 {
+        unsafe { (*self.slot).caller_pid }
+    }
+
+    /// Writes the result and detaches.
+    pub fn finish(self, end: &CycleEnd) {
+        let slot = unsafe { &mut *self.slot };
+        match end {
+            CycleEnd::Idle => slot.status = STATUS_IDLE,
+            CycleEnd::Done(row) => {
+                slot.ticket_id = row.ticket_id;
+                put(&mut slot.phase, &row.phase);
+                put(&mut slot.verdict, &row.verdict);
+                if let Some(s) = &row.state {
+                    put(&mut slot.state, s);
+                    slot.has_state = 1;
+                }
+                slot.status = STATUS_DONE;
+            }
+            CycleEnd::Failed(msg) => {
+                put(&mut slot.message, msg);
+                slot.status = STATUS_FAILED;
+            }
+        }
+        fence(Ordering::SeqCst);
+        unsafe { pg_sys::dsm_detach(self.seg) };
+    }
+}
+
+/// Asks the postmaster to stop the worker if the caller leaves early (query cancel, statement_timeout),
+/// so an abandoned cycle gives its claim back instead of running on unseen.
+struct TerminateOnDrop(*mut pg_sys::BackgroundWorkerHandle);
+
+impl Drop for TerminateOnDrop {
+    fn drop(&mut self) {
+        if !self.0.is_null() {
+            unsafe { pg_sys::TerminateBackgroundWorker(self.0) };
+        }
+    }
+}
+
+/// Runs one cycle in a fresh background worker and waits for it.
+pub fn tick() -> Result<Option<TickRow>, DamascusError> {
+    let seg = unsafe { pg_sys::dsm_create(std::mem::size_of::<TickSlot>(), 0) };
+    let slot = unsafe { pg_sys::dsm_segment_address(seg) } as *mut TickSlot;
+    unsafe {
+        std::ptr::write_bytes(slot as *mut u8, 0, std::mem::size_of::<TickSlot>());
+        (*slot).database = pg_sys::MyDatabaseId;
+        (*slot).caller_pid = pg_sys::MyProcPid;
+        (*slot).status = STATUS_PENDING;
+    }
+    let handle = unsafe { pg_sys::dsm_segment_handle(seg) };
+
+    let builder = BackgroundWorkerBuilder::new("damascus tick")
+        .set_type("damascus tick")
+        .set_library("damascus")
+        .set_function("damascus_tick_main")
+        .set_argument(Some(pg_sys::Datum::from(handle)))
+        .enable_spi_access()
+        .set_restart_time(None)
+        .set_notify_pid(unsafe { pg_sys::MyProcPid });
+    let mut bgw: pg_sys::BackgroundWorker = (&builder).into();
+    let mut worker: *mut pg_sys::BackgroundWorkerHandle = std::ptr::null_mut();
+    if !unsafe { pg_sys::RegisterDynamicBackgroundWorker(&mut bgw, &mut worker) } {
+        unsafe { pg_sys::dsm_detach(seg) };
+        return Err(DamascusError::NoWorkerSlot {
+            max_worker_processes: unsafe { pg_sys::max_worker_processes }.to_string(),
+        });
+    }
+    let mut guard = TerminateOnDrop(worker);
+    let status = unsafe { pg_sys::WaitForBackgroundWorkerShutdown(worker) };
+    guard.0 = std::ptr::null_mut();
+    if status == pg_sys::BgwHandleStatus::BGWH_POSTMASTER_DIED {
+        return Err(DamascusError::PostmasterDied);
+    }
+    fence(Ordering::SeqCst);
+    let s = unsafe { &*slot };
+    let result = match s.status {
+        STATUS_IDLE => Ok(None),
+        STATUS_DONE => Ok(Some(TickRow {
+            ticket_id: s.ticket_id,
+            phase: get(&s.phase),
+            verdict: get(&s.verdict),
+            state: (s.has_state != 0).then(|| get(&s.state)),
+        })),
+        STATUS_FAILED => Err(DamascusError::TickFailed { detail: get(&s.message) }),
+        _ => Err(DamascusError::TickWorkerLost {
+            detail: "The worker exited before it finished its cycle (it may have failed to start or crashed).".into(),
+        }),
+    };
+    unsafe { pg_sys::dsm_detach(seg) };
+    result
+}

@@ -153,6 +153,9 @@ pub extern "C-unwind" fn damascus_worker_main(arg: pg_sys::Datum) {
         }
     }
     log!("{name} stopping");
+    // A non-zero exit asks the postmaster to start a fresh worker after RESTART_SECS, so a worker
+    // stopped with pg_terminate_backend() comes back; during shutdown nothing is restarted.
+    unsafe { pg_sys::proc_exit(1) };
 }
 
 /// Entry point of the dynamic worker behind `damascus_tick()`: one cycle, result into shared memory.

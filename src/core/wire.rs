@@ -145,13 +145,20 @@ impl Codec for Anthropic {
             "system": prompt.system,
             "messages": [{"role": "user", "content": prompt.user}],
         });
+        let mut headers = vec![
+            ("content-type".to_string(), "application/json".to_string()),
+            (
+                "anthropic-version".to_string(),
+                ANTHROPIC_VERSION.to_string(),
+            ),
+        ];
+        // Without a key the header is left out, so the API's own 401 says what is missing.
+        if let Some(key) = cfg.api_key.as_ref().filter(|k| !k.is_empty()) {
+            headers.push(("x-api-key".into(), key.clone()));
+        }
         HttpRequest {
             url: format!("{}/v1/messages", cfg.base_url.trim_end_matches('/')),
-            headers: vec![
-                ("content-type".into(), "application/json".into()),
-                ("anthropic-version".into(), ANTHROPIC_VERSION.into()),
-                ("x-api-key".into(), cfg.api_key.clone().unwrap_or_default()),
-            ],
+            headers,
             body: body.to_string(),
         }
     }
@@ -241,6 +248,24 @@ mod tests {
         assert_eq!(body["system"], "sys");
         assert_eq!(body["messages"][0]["role"], "user");
         assert_eq!(body["messages"][0]["content"], "hi");
+    }
+
+    #[test]
+    fn no_key_means_no_key_header() {
+        let p = Prompt {
+            system: "s".into(),
+            user: "u".into(),
+            max_tokens: 1,
+        };
+        let mut c = cfg();
+        c.api_key = None;
+        assert!(
+            !Anthropic
+                .build(&c, &p)
+                .headers
+                .iter()
+                .any(|(k, _)| k == "x-api-key")
+        );
     }
 
     #[test]

@@ -1,0 +1,232 @@
+//! Shared harness for the integration tests: boots the pgrx test cluster, points it at a fakellm server, and reads rows back.
+#![allow(dead_code)]
+
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+pub use fakellm::{Behavior, FakeLlm};
+pub use postgres::Client;
+
+/// Boots this test binary's cluster once (pgrx-tests installs the extension and creates it in `pgrx_tests`).
+pub fn boot(conf: Vec<&'static str>) {
+    static BOOTED: OnceLock<()> = OnceLock::new();
+    BOOTED.get_or_init(|| {
+        pgrx_tests::run_test("ready", None, conf).expect("test cluster boots");
+    });
+}
+
+/// A fresh client connection, as a user would have (autocommit).
+pub fn client() -> Client {
+    pgrx_tests::client().expect("connect to the test cluster").0
+}
+
+/// Serialises the tests of one binary: they share a cluster and a stand-in LLM.
+pub fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The binary's stand-in LLM, started once.
+pub fn llm() -> &'static FakeLlm {
+    static LLM: OnceLock<FakeLlm> = OnceLock::new();
+    LLM.get_or_init(|| FakeLlm::start(Behavior::Good).expect("fakellm starts"))
+}
+
+/// `ALTER SYSTEM SET` + reload, then waits until a new session sees the value (so a new worker will too).
+pub fn set_conf(name: &str, value: &str) {
+    let mut c = client();
+    c.batch_execute(&format!(
+        "ALTER SYSTEM SET {name} = '{}'",
+        value.replace('\'', "''")
+    ))
+    .unwrap();
+    c.batch_execute("SELECT pg_reload_conf()").unwrap();
+    wait_for(
+        &format!("{name} = {value}"),
+        Duration::from_secs(10),
+        || {
+            // pg_settings shows the raw value ("5", not "5min"); hidden settings are only in current_setting.
+            let got: String = client()
+            .query_one(
+                "SELECT coalesce((SELECT setting FROM pg_settings WHERE name = $1), current_setting($1))",
+                &[&name],
+            )
+            .unwrap()
+            .get(0);
+            (got == value).then_some(())
+        },
+    );
+}
+
+/// `ALTER SYSTEM RESET` + reload.
+pub fn reset_conf(name: &str) {
+    let mut c = client();
+    c.batch_execute(&format!("ALTER SYSTEM RESET {name}"))
+        .unwrap();
+    c.batch_execute("SELECT pg_reload_conf()").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+}
+
+/// Points damascus at the stand-in LLM and empties the tables.
+pub fn fresh(behavior: Behavior) -> &'static FakeLlm {
+    let llm = llm();
+    llm.set_behavior(behavior);
+    llm.clear_requests();
+    let url: String = client()
+        .query_one("SELECT current_setting('damascus.llm_url')", &[])
+        .unwrap()
+        .get(0);
+    if url != llm.url() {
+        set_conf("damascus.llm_url", &llm.url());
+    }
+    client()
+        .batch_execute("TRUNCATE damascus.tickets, damascus.cycles RESTART IDENTITY")
+        .unwrap();
+    llm
+}
+
+/// Polls `f` until it yields a value or `timeout` passes (then panics naming `what`).
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn submit(c: &mut Client, title: &str, body: &str) -> i64 {
+    c.query_one("SELECT damascus_submit($1, $2)", &[&title, &body])
+        .unwrap()
+        .get(0)
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TickRow {
+    pub ticket_id: i64,
+    pub phase: String,
+    pub verdict: String,
+    pub state: Option<String>,
+}
+
+/// `SELECT * FROM damascus_tick()`: `None` when nothing was claimable.
+pub fn tick(c: &mut Client) -> Option<TickRow> {
+    let rows = c.query("SELECT * FROM damascus_tick()", &[]).unwrap();
+    assert!(rows.len() <= 1, "a tick returns at most one row");
+    rows.first().map(|r| TickRow {
+        ticket_id: r.get("ticket_id"),
+        phase: r.get("phase"),
+        verdict: r.get("verdict"),
+        state: r.get("state"),
+    })
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ticket {
+    pub state: String,
+    pub attempts: i32,
+    pub llm_errors: i32,
+    pub claimed_by: Option<String>,
+    pub claim_token: Option<i64>,
+    pub claimed: bool,
+    pub last_verdict: Option<String>,
+    pub last_error: Option<String>,
+    pub spec: Option<String>,
+    pub not_before_secs: Option<f64>,
+}
+
+pub fn ticket(c: &mut Client, id: i64) -> Ticket {
+    let r = c
+        .query_one(
+            "SELECT state, attempts, llm_errors, claimed_by, claim_token, claimed_at IS NOT NULL AS claimed,
+                    last_verdict, last_error, outputs->>'refine_spec' AS spec,
+                    extract(epoch FROM not_before - now())::float8 AS not_before_secs
+             FROM damascus.tickets WHERE id = $1",
+            &[&id],
+        )
+        .unwrap();
+    Ticket {
+        state: r.get("state"),
+        attempts: r.get("attempts"),
+        llm_errors: r.get("llm_errors"),
+        claimed_by: r.get("claimed_by"),
+        claim_token: r.get("claim_token"),
+        claimed: r.get("claimed"),
+        last_verdict: r.get("last_verdict"),
+        last_error: r.get("last_error"),
+        spec: r.get("spec"),
+        not_before_secs: r.get("not_before_secs"),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cycle {
+    pub id: i64,
+    pub phase: String,
+    pub attempt: i32,
+    pub worker: String,
+    pub claim_token: i64,
+    pub claim_xid: i64,
+    pub phase_xid: Option<i64>,
+    pub verdict_xid: Option<i64>,
+    pub verdict: Option<String>,
+    pub detail: Option<String>,
+    pub http_status: Option<i32>,
+    pub stop_reason: Option<String>,
+    pub output_tokens: Option<i32>,
+    pub llm_ms: Option<i32>,
+}
+
+pub fn cycles(c: &mut Client, ticket_id: i64) -> Vec<Cycle> {
+    c.query(
+        "SELECT id, phase, attempt, worker, claim_token, claim_xid, phase_xid, verdict_xid, verdict, detail,
+                http_status, stop_reason, output_tokens, llm_ms
+         FROM damascus.cycles WHERE ticket_id = $1 ORDER BY id",
+        &[&ticket_id],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| Cycle {
+        id: r.get("id"),
+        phase: r.get("phase"),
+        attempt: r.get("attempt"),
+        worker: r.get("worker"),
+        claim_token: r.get("claim_token"),
+        claim_xid: r.get("claim_xid"),
+        phase_xid: r.get("phase_xid"),
+        verdict_xid: r.get("verdict_xid"),
+        verdict: r.get("verdict"),
+        detail: r.get("detail"),
+        http_status: r.get("http_status"),
+        stop_reason: r.get("stop_reason"),
+        output_tokens: r.get("output_tokens"),
+        llm_ms: r.get("llm_ms"),
+    })
+    .collect()
+}
+
+/// Marks a ticket as claimed by someone else `minutes_ago` minutes ago, as a crashed worker would leave it.
+pub fn backdate_claim(c: &mut Client, id: i64, minutes_ago: i32, by: &str) -> i64 {
+    c.query_one(
+        "UPDATE damascus.tickets
+         SET claimed_at = now() - make_interval(mins => $2), claimed_by = $3,
+             claim_token = nextval('damascus.claim_tokens')
+         WHERE id = $1 RETURNING claim_token",
+        &[&id, &minutes_ago, &by],
+    )
+    .unwrap()
+    .get(0)
+}
+
+/// The SQLSTATE and message of a failed statement.
+pub fn db_error(e: &postgres::Error) -> (String, String) {
+    let db = e
+        .as_db_error()
+        .unwrap_or_else(|| panic!("not a database error: {e}"));
+    (db.code().code().to_string(), db.message().to_string())
+}

@@ -42,5 +42,6 @@ fn pg_cron_runs_damascus_tick() {
         .get(0);
     assert_eq!(status, "succeeded");
     assert!(cycles(&mut c, id)[0].worker.starts_with("damascus tick"));
-    c.execute("SELECT cron.unschedule($1::bigint)", &[&job]).unwrap();
+    c.execute("SELECT cron.unschedule($1::bigint)", &[&job])
+        .unwrap();
 }

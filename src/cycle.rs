@@ -8,11 +8,11 @@ use pgrx::pg_sys;
 use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
 
-use crate::core::phase::{Kind, Pipeline};
+use crate::core::phase::{Kind, PhaseDef, Pipeline};
 use crate::core::wire::Anthropic;
 use crate::error::{DamascusError, OrRaise};
 use crate::guc;
-use crate::llm::InFlight;
+use crate::llm::{CallOutcome, InFlight};
 use crate::store::{self, CallFacts, Claim};
 
 /// What a wait on the latch says the cycle should do next.
@@ -144,86 +144,156 @@ fn release(ctx: &Context, claim: &Claim, cycle_id: Option<i64>, why: &str) -> Op
     }
 }
 
-/// Runs one cycle. `wait` sleeps on the latch for at most the given time and says what to do next.
-pub fn run_one(ctx: &Context, wait: &mut dyn FnMut(Duration) -> Wake) -> (CycleEnd, Wake) {
-    // 1. Claim.
+/// How the claim and phase transactions ended.
+pub enum Begun<'a> {
+    /// Nothing was claimable.
+    Idle,
+    /// Nothing could be claimed (the claim statement failed).
+    Failed(String),
+    /// The cycle ended before its call (claim lost, or an ERROR recorded).
+    Ended(TickRow),
+    /// The LLM call is in flight; the caller polls it and then finishes the cycle.
+    Calling(Calling<'a>),
+}
+
+/// A cycle between its phase and verdict transactions: nothing open in Postgres, one HTTP call in flight.
+/// A worker loop may hold several of these and poll each.
+pub struct Calling<'a> {
+    ctx: &'a Context,
+    phase: &'a PhaseDef,
+    claim: Claim,
+    cycle_id: i64,
+    llm_errors: u32,
+    call: InFlight,
+}
+
+/// Claim and phase transactions, then starts the LLM call with no transaction open.
+pub fn begin(ctx: &Context) -> Begun<'_> {
     let states = ctx.pipeline.input_states();
     let claim = match transaction(|| {
         store::claim(&states, ctx.settings.stale_claim_minutes, &ctx.worker).or_raise()
     }) {
         Ok(Some(c)) => c,
-        Ok(None) => return (CycleEnd::Idle, Wake::Continue),
-        Err(e) => {
-            return (
-                CycleEnd::Failed(format!("claim failed: {e}")),
-                Wake::Continue,
-            );
-        }
+        Ok(None) => return Begun::Idle,
+        Err(e) => return Begun::Failed(format!("claim failed: {e}")),
     };
     let Some(phase) = ctx.pipeline.for_state(&claim.state) else {
         // The claim query only selects input states, so this means the pipeline changed under us.
         let msg = format!("no phase takes state {}", claim.state);
         let state = record_error(ctx, &claim, None, "none", &msg);
-        return (done(&claim, "none", "error", state), Wake::Continue);
+        return Begun::Ended(row(&claim, "none", Kind::Error.generic_name(), state));
     };
-    let row = |verdict: &str, state: Option<String>| done(&claim, &phase.name, verdict, state);
-
-    // 2. Phase: record the attempt and read the inputs, then call the LLM with no transaction open.
     let start =
         match transaction(|| store::begin_phase(&claim, &phase.name, &ctx.worker).or_raise()) {
             Ok(Some(s)) => s,
-            Ok(None) => return (row(Kind::ClaimLost.generic_name(), None), Wake::Continue),
+            Ok(None) => {
+                return Begun::Ended(row(
+                    &claim,
+                    &phase.name,
+                    Kind::ClaimLost.generic_name(),
+                    None,
+                ));
+            }
             Err(e) => {
                 let state = record_error(ctx, &claim, None, &phase.name, &e);
-                return (row(Kind::Error.generic_name(), state), Wake::Continue);
+                return Begun::Ended(row(&claim, &phase.name, Kind::Error.generic_name(), state));
             }
         };
     debug_assert!(!unsafe { pg_sys::IsTransactionState() });
-    let prompt = phase.prompt(&start.input);
-    let mut call = InFlight::start(&Anthropic, &ctx.settings.llm, &prompt, true);
-    let outcome = loop {
-        if let Some(o) = call.poll() {
-            break o;
+    let call = InFlight::start(
+        &Anthropic,
+        &ctx.settings.llm,
+        &phase.prompt(&start.input),
+        true,
+    );
+    Begun::Calling(Calling {
+        ctx,
+        phase,
+        claim,
+        cycle_id: start.cycle_id,
+        llm_errors: start.llm_errors.max(0) as u32,
+        call,
+    })
+}
+
+impl Calling<'_> {
+    /// The call's outcome once it has finished; never blocks.
+    pub fn poll(&mut self) -> Option<CallOutcome> {
+        self.call.poll()
+    }
+
+    /// Verdict transaction, fenced by the claim token.
+    pub fn finish(self, outcome: CallOutcome) -> TickRow {
+        let Calling {
+            ctx,
+            phase,
+            claim,
+            cycle_id,
+            llm_errors,
+            call,
+        } = self;
+        drop(call);
+        let judgement = phase.judge(claim.ticket_id, llm_errors, &outcome.result);
+        let (http_status, completion) = match &outcome.result {
+            Ok(c) => (Some(200), Some(c)),
+            Err(e) => (e.http_status().map(i32::from), None),
+        };
+        let facts = CallFacts {
+            http_status,
+            stop_reason: completion.and_then(|c| c.stop_reason.clone()),
+            input_tokens: completion.and_then(|c| c.input_tokens).map(clamp_i32),
+            output_tokens: completion.and_then(|c| c.output_tokens).map(clamp_i32),
+            llm_ms: clamp_i32(outcome.elapsed.as_millis() as i64),
+        };
+        match transaction(|| {
+            store::apply_verdict(&claim, cycle_id, phase, &judgement, &facts).or_raise()
+        }) {
+            Ok(v) => row(&claim, &phase.name, &v.verdict, v.state),
+            Err(e) => {
+                let state = record_error(ctx, &claim, Some(cycle_id), &phase.name, &e);
+                row(&claim, &phase.name, Kind::Error.generic_name(), state)
+            }
+        }
+    }
+
+    /// Interrupts the call and gives the claim back at once.
+    pub fn abandon(self, why: &str) -> TickRow {
+        let Calling {
+            ctx,
+            phase,
+            claim,
+            cycle_id,
+            call,
+            ..
+        } = self;
+        call.cancel();
+        let state = release(ctx, &claim, Some(cycle_id), why);
+        row(&claim, &phase.name, Kind::Interrupted.generic_name(), state)
+    }
+}
+
+/// Runs one cycle to its end. `wait` sleeps on the latch for at most the given time and says what to do next.
+pub fn run_one(ctx: &Context, wait: &mut dyn FnMut(Duration) -> Wake) -> (CycleEnd, Wake) {
+    let mut calling = match begin(ctx) {
+        Begun::Idle => return (CycleEnd::Idle, Wake::Continue),
+        Begun::Failed(e) => return (CycleEnd::Failed(e), Wake::Continue),
+        Begun::Ended(r) => return (CycleEnd::Done(r), Wake::Continue),
+        Begun::Calling(c) => c,
+    };
+    loop {
+        if let Some(outcome) = calling.poll() {
+            return (CycleEnd::Done(calling.finish(outcome)), Wake::Continue);
         }
         match wait(Duration::from_millis(250)) {
             Wake::Continue => {}
-            stop @ (Wake::Interrupt | Wake::Stop) => {
-                call.cancel();
-                let why = if stop == Wake::Stop {
-                    "the worker was asked to stop during the LLM call"
-                } else {
-                    "the cycle was cancelled during the LLM call"
-                };
-                let state = release(ctx, &claim, Some(start.cycle_id), why);
-                return (row(Kind::Interrupted.generic_name(), state), stop);
+            Wake::Interrupt => {
+                let r = calling.abandon("the cycle was cancelled during the LLM call");
+                return (CycleEnd::Done(r), Wake::Interrupt);
             }
-        }
-    };
-
-    // 3. Verdict, fenced by the claim token.
-    let judgement = phase.judge(
-        claim.ticket_id,
-        start.llm_errors.max(0) as u32,
-        &outcome.result,
-    );
-    let (http_status, completion) = match &outcome.result {
-        Ok(c) => (Some(200), Some(c)),
-        Err(e) => (e.http_status().map(i32::from), None),
-    };
-    let facts = CallFacts {
-        http_status,
-        stop_reason: completion.and_then(|c| c.stop_reason.clone()),
-        input_tokens: completion.and_then(|c| c.input_tokens).map(clamp_i32),
-        output_tokens: completion.and_then(|c| c.output_tokens).map(clamp_i32),
-        llm_ms: clamp_i32(outcome.elapsed.as_millis() as i64),
-    };
-    match transaction(|| {
-        store::apply_verdict(&claim, start.cycle_id, phase, &judgement, &facts).or_raise()
-    }) {
-        Ok(v) => (row(&v.verdict, v.state), Wake::Continue),
-        Err(e) => {
-            let state = record_error(ctx, &claim, Some(start.cycle_id), &phase.name, &e);
-            (row(Kind::Error.generic_name(), state), Wake::Continue)
+            Wake::Stop => {
+                let r = calling.abandon("the worker was asked to stop during the LLM call");
+                return (CycleEnd::Done(r), Wake::Stop);
+            }
         }
     }
 }
@@ -232,11 +302,11 @@ fn clamp_i32(v: i64) -> i32 {
     v.clamp(0, i32::MAX as i64) as i32
 }
 
-fn done(claim: &Claim, phase: &str, verdict: &str, state: Option<String>) -> CycleEnd {
-    CycleEnd::Done(TickRow {
+fn row(claim: &Claim, phase: &str, verdict: &str, state: Option<String>) -> TickRow {
+    TickRow {
         ticket_id: claim.ticket_id,
         phase: phase.to_string(),
         verdict: verdict.to_string(),
         state,
-    })
+    }
 }

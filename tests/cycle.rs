@@ -448,17 +448,10 @@ fn a_phase_error_leaves_the_claim_in_place() {
     let _g = setup();
     fresh(Behavior::Good);
     let mut c = client();
-    c.batch_execute(
-        "CREATE FUNCTION public.explode() RETURNS trigger LANGUAGE plpgsql AS $$
-         BEGIN RAISE EXCEPTION 'boom: injected phase failure'; END $$;
-         CREATE TRIGGER explode BEFORE INSERT ON damascus.cycles
-         FOR EACH ROW WHEN (NEW.verdict IS NULL) EXECUTE FUNCTION public.explode();",
-    )
-    .unwrap();
-    let id = submit(&mut c, "Explodes", "body");
+    arm_phase_failure(&mut c, "explode");
+    let id = submit(&mut c, "explode", "body");
     let row = tick(&mut c).unwrap();
-    c.batch_execute("DROP TRIGGER explode ON damascus.cycles; DROP FUNCTION public.explode();")
-        .unwrap();
+    disarm_phase_failure(&mut c);
     assert_eq!((row.ticket_id, row.verdict.as_str()), (id, "error"));
     let t = ticket(&mut c, id);
     assert!(t.claimed && t.claim_token.is_some(), "claim kept: {t:?}");

@@ -76,18 +76,7 @@ fn a_phase_error_leaves_the_claim_in_place_and_the_worker_alive() {
     fresh(Behavior::Good);
     let mut c = client();
     let pid = worker_pid(&mut c);
-    c.batch_execute(
-        "CREATE FUNCTION public.explode() RETURNS trigger LANGUAGE plpgsql AS $$
-         BEGIN
-           IF (SELECT title FROM damascus.tickets WHERE id = NEW.ticket_id) = 'explode' THEN
-             RAISE EXCEPTION 'boom: injected phase failure';
-           END IF;
-           RETURN NEW;
-         END $$;
-         CREATE TRIGGER explode BEFORE INSERT ON damascus.cycles
-         FOR EACH ROW WHEN (NEW.verdict IS NULL) EXECUTE FUNCTION public.explode();",
-    )
-    .unwrap();
+    arm_phase_failure(&mut c, "explode");
     let bad = submit(&mut c, "explode", "body");
     let good: Vec<i64> = (0..3)
         .map(|i| submit(&mut c, &format!("fine {i}"), "body"))
@@ -95,8 +84,7 @@ fn a_phase_error_leaves_the_claim_in_place_and_the_worker_alive() {
     for id in &good {
         wait_state(&mut c, *id, "specified", Duration::from_secs(30));
     }
-    c.batch_execute("DROP TRIGGER explode ON damascus.cycles; DROP FUNCTION public.explode();")
-        .unwrap();
+    disarm_phase_failure(&mut c);
     let t = ticket(&mut c, bad);
     assert!(
         t.claimed

@@ -230,3 +230,26 @@ pub fn db_error(e: &postgres::Error) -> (String, String) {
         .unwrap_or_else(|| panic!("not a database error: {e}"));
     (db.code().code().to_string(), db.message().to_string())
 }
+
+/// Makes the phase transaction of tickets titled `title` raise an ERROR, as a failing phase would:
+/// a trigger on the cycle row the phase transaction inserts.
+pub fn arm_phase_failure(c: &mut Client, title: &str) {
+    c.batch_execute(&format!(
+        "CREATE FUNCTION public.explode() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           IF (SELECT title FROM damascus.tickets WHERE id = NEW.ticket_id) = '{}' THEN
+             RAISE EXCEPTION 'boom: injected phase failure';
+           END IF;
+           RETURN NEW;
+         END $$;
+         CREATE TRIGGER explode BEFORE INSERT ON damascus.cycles
+         FOR EACH ROW WHEN (NEW.verdict IS NULL) EXECUTE FUNCTION public.explode();",
+        title.replace('\'', "''")
+    ))
+    .unwrap();
+}
+
+pub fn disarm_phase_failure(c: &mut Client) {
+    c.batch_execute("DROP TRIGGER explode ON damascus.cycles; DROP FUNCTION public.explode();")
+        .unwrap();
+}

@@ -105,7 +105,10 @@ for W in 1 2; do
     psql_b -c "TRUNCATE damascus.tickets, damascus.cycles"
     submit "$N2"; wait_drained >/dev/null
     RSS2=$(rss_kb "$PID"); HWM2=$(hwm_kb "$PID")
-    echo "worker $PID: RSS ${RSS1} kB after $N1 cycles, ${RSS2} kB after $N2 more (peak ${HWM1} -> ${HWM2} kB)"
+    psql_b -c "TRUNCATE damascus.tickets, damascus.cycles"
+    submit "$N2"; wait_drained >/dev/null
+    RSS3=$(rss_kb "$PID"); HWM3=$(hwm_kb "$PID")
+    echo "worker $PID: RSS ${RSS1} kB after $N1 cycles, ${RSS2} kB after $N2 more, ${RSS3} kB after $N2 more (peak ${HWM1} -> ${HWM2} -> ${HWM3} kB)"
   fi
 done
 
@@ -134,7 +137,15 @@ done
   echo
   echo "## Worker memory"
   echo
-  echo "Static worker RSS ${RSS1} kB after $N1 cycles and ${RSS2} kB after $N2 more (VmHWM ${HWM1} -> ${HWM2} kB)."
+  echo "Resident memory of one static worker process (VmRSS, peak VmHWM) as cycles accumulate:"
+  echo
+  echo "| cycles run | VmRSS kB | VmHWM kB |"
+  echo "|---|---|---|"
+  echo "| $N1 | $RSS1 | $HWM1 |"
+  echo "| $((N1 + N2)) | $RSS2 | $HWM2 |"
+  echo "| $((N1 + 2 * N2)) | $RSS3 | $HWM3 |"
+  echo
+  echo "Growth over the last $N2 cycles: $(( (RSS3 - RSS2) * 1024 / N2 )) bytes per cycle."
 } > "$OUT"
 step "wrote $OUT"
 cat "$OUT"

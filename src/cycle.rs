@@ -1,13 +1,14 @@
 //! One cycle as three committed transactions (claim, phase, verdict) with the LLM call in between and no transaction open during it.
 
 use std::panic::AssertUnwindSafe;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pgrx::bgworkers::BackgroundWorker;
 use pgrx::pg_sys;
 use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
 
+use crate::core::lease;
 use crate::core::phase::{Kind, PhaseDef, Pipeline};
 use crate::core::wire::Anthropic;
 use crate::error::{DamascusError, OrRaise};
@@ -165,6 +166,7 @@ pub struct Calling<'a> {
     cycle_id: i64,
     llm_errors: u32,
     call: InFlight,
+    last_beat: Instant,
 }
 
 /// Claim and phase transactions, then starts the LLM call with no transaction open.
@@ -213,6 +215,7 @@ pub fn begin(ctx: &Context) -> Begun<'_> {
         cycle_id: start.cycle_id,
         llm_errors: start.llm_errors.max(0) as u32,
         call,
+        last_beat: Instant::now(),
     })
 }
 
@@ -230,9 +233,8 @@ impl Calling<'_> {
             claim,
             cycle_id,
             llm_errors,
-            call,
+            ..
         } = self;
-        drop(call);
         let judgement = phase.judge(claim.ticket_id, llm_errors, &outcome.result);
         let (http_status, completion) = match &outcome.result {
             Ok(c) => (Some(200), Some(c)),
@@ -254,6 +256,52 @@ impl Calling<'_> {
                 row(&claim, &phase.name, Kind::Error.generic_name(), state)
             }
         }
+    }
+
+    /// Renews the claim's lease when due. `false` means the claim was superseded: the caller should give up.
+    pub fn heartbeat(&mut self) -> bool {
+        if self.last_beat.elapsed()
+            < lease::heartbeat_interval(self.ctx.settings.stale_claim_minutes)
+        {
+            return true;
+        }
+        self.last_beat = Instant::now();
+        match transaction(|| store::heartbeat(&self.claim).or_raise()) {
+            Ok(alive) => alive,
+            Err(e) => {
+                // A failed heartbeat is not a lost claim; the next one may succeed.
+                warning!(
+                    "damascus: {}: heartbeat for ticket {} failed: {e}",
+                    self.ctx.worker,
+                    self.claim.ticket_id
+                );
+                true
+            }
+        }
+    }
+
+    /// Stops the call of a claim that was superseded and closes its cycle row as claim_lost.
+    pub fn lost(self) -> TickRow {
+        let Calling {
+            ctx,
+            phase,
+            claim,
+            cycle_id,
+            call,
+            ..
+        } = self;
+        call.cancel();
+        let detail = format!(
+            "claim token {} was superseded during the LLM call; the call was stopped",
+            claim.token
+        );
+        if let Err(e) = transaction(|| store::record_claim_lost(cycle_id, &detail).or_raise()) {
+            warning!(
+                "damascus: {}: could not close cycle {cycle_id}: {e}",
+                ctx.worker
+            );
+        }
+        row(&claim, &phase.name, Kind::ClaimLost.generic_name(), None)
     }
 
     /// Interrupts the call and gives the claim back at once.
@@ -283,6 +331,9 @@ pub fn run_one(ctx: &Context, wait: &mut dyn FnMut(Duration) -> Wake) -> (CycleE
     loop {
         if let Some(outcome) = calling.poll() {
             return (CycleEnd::Done(calling.finish(outcome)), Wake::Continue);
+        }
+        if !calling.heartbeat() {
+            return (CycleEnd::Done(calling.lost()), Wake::Continue);
         }
         match wait(Duration::from_millis(250)) {
             Wake::Continue => {}

@@ -15,6 +15,8 @@ const APPLY_VERDICT: &str = include_str!("../sql/runtime/apply_verdict.sql");
 const RECORD_ERROR: &str = include_str!("../sql/runtime/record_error.sql");
 const RELEASE_CLAIM: &str = include_str!("../sql/runtime/release_claim.sql");
 const EXTENSION_READY: &str = include_str!("../sql/runtime/extension_ready.sql");
+const HEARTBEAT: &str = include_str!("../sql/runtime/heartbeat.sql");
+const CLAIM_LOST: &str = include_str!("../sql/runtime/claim_lost.sql");
 
 /// A committed claim on one ticket.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -258,5 +260,25 @@ pub fn release_claim(
             detail.to_string().into(),
         ],
         |table| Ok(table.first().get::<String>(1)?),
+    )
+}
+
+/// Renews the lease; `false` when the claim was superseded.
+pub fn heartbeat(claim: &Claim) -> Result<bool, DamascusError> {
+    run(
+        "heartbeat",
+        HEARTBEAT,
+        &[claim.ticket_id.into(), claim.token.into()],
+        |table| Ok(!table.is_empty()),
+    )
+}
+
+/// Closes a cycle whose claim was superseded while its call ran.
+pub fn record_claim_lost(cycle_id: i64, detail: &str) -> Result<(), DamascusError> {
+    run(
+        "claim_lost",
+        CLAIM_LOST,
+        &[cycle_id.into(), detail.to_string().into()],
+        |_| Ok(()),
     )
 }

@@ -616,3 +616,69 @@ fn the_api_key_is_sent_but_never_shown() {
         .unwrap();
     set_conf("damascus.llm_api_key", "sk-fake");
 }
+
+/// A claim is a lease: during a long call the holder's heartbeat renews it, so the next tick cannot take a
+/// live claim; and when the claim is superseded anyway, the next heartbeat stops the call.
+#[test]
+fn the_heartbeat_keeps_a_live_claim_and_notices_a_lost_one() {
+    let _g = setup();
+    fresh(Behavior::Hang);
+    set_conf("damascus.stale_claim_minutes", "1");
+    let id = submit(&mut client(), "Very long call", "body");
+    let a = std::thread::spawn(|| tick(&mut client()));
+    let mut c = client();
+    wait_for("the call to start", Duration::from_secs(10), || {
+        cycles(&mut c, id).first().map(|_| ())
+    });
+    // As if the call had been running for 10 minutes: without a heartbeat the claim would be stale.
+    c.execute(
+        "UPDATE damascus.tickets SET claimed_at = now() - interval '10 minutes' WHERE id = $1",
+        &[&id],
+    )
+    .unwrap();
+    wait_for(
+        "the heartbeat to renew the lease",
+        Duration::from_secs(15),
+        || {
+            let fresh: bool = c
+            .query_one(
+                "SELECT claimed_at > now() - interval '30 seconds' FROM damascus.tickets WHERE id = $1",
+                &[&id],
+            )
+            .unwrap()
+            .get(0);
+            fresh.then_some(())
+        },
+    );
+    assert_eq!(tick(&mut c), None, "a renewed claim is not taken over");
+
+    // Supersede the claim (as a takeover would): the next heartbeat stops the call.
+    c.execute(
+        "UPDATE damascus.tickets SET claim_token = nextval('damascus.claim_tokens'), claimed_by = 'thief' WHERE id = $1",
+        &[&id],
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let a = a.join().unwrap().expect("tick A returns");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "stopped by the heartbeat, not the 300 s timeout"
+    );
+    assert_eq!(a.verdict, "claim_lost");
+    let t = ticket(&mut c, id);
+    assert_eq!(
+        (t.claimed_by.as_deref(), t.state.as_str(), t.attempts),
+        (Some("thief"), "new", 0)
+    );
+    let cy = cycles(&mut c, id);
+    assert_eq!(cy[0].verdict.as_deref(), Some("claim_lost"));
+    assert!(
+        cy[0]
+            .detail
+            .as_deref()
+            .unwrap()
+            .contains("superseded during the LLM call")
+    );
+    reset_conf("damascus.stale_claim_minutes");
+    llm().set_behavior(Behavior::Good);
+}

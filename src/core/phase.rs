@@ -141,7 +141,7 @@ impl PhaseDef {
         let (kind, detail, effect) = match result {
             Err(e) => (
                 Kind::LlmError,
-                Some(e.to_string()),
+                Some(e.to_string().replace('\0', "\u{fffd}")),
                 Effect::Retry {
                     delay: backoff::llm_error_delay(ticket_id, previous_llm_errors),
                 },
@@ -152,6 +152,13 @@ impl PhaseDef {
                     "the model stopped at max_tokens ({}) before finishing",
                     self.max_tokens
                 )),
+                Effect::Reject,
+            ),
+            // Postgres text cannot hold NUL; storing such an answer would fail the verdict
+            // transaction on every retry, so it is judged wrong instead.
+            Ok(c) if c.text.contains('\0') => (
+                Kind::Wrong,
+                Some("the answer contains a NUL character".to_string()),
                 Effect::Reject,
             ),
             Ok(c) => match self.judge.check(&c.text) {
@@ -355,6 +362,19 @@ mod tests {
             }
         );
         assert_eq!(err.detail.as_deref(), Some("HTTP 429: rate"));
+    }
+
+    #[test]
+    fn a_nul_in_the_answer_is_wrong_not_an_error() {
+        let p = PhaseDef::refine_spec(4000).unwrap();
+        let text = format!("{}\0", good_spec());
+        let j = p.judge(1, 0, &completion(&text, "end_turn"));
+        assert_eq!(
+            (j.verdict.as_str(), j.effect),
+            ("spec_wrong", Effect::Reject)
+        );
+        let e = p.judge(1, 0, &Err(CallError::Transport("a\0b".into())));
+        assert!(!e.detail.unwrap().contains('\0'));
     }
 
     #[test]

@@ -267,6 +267,27 @@ mod tests {
     }
 
     #[test]
+    fn https_is_supported() {
+        // A plain-HTTP server behind an https:// URL: the TLS handshake is attempted and fails,
+        // which shows TLS is compiled in (without it ureq refuses the scheme outright).
+        let server = FakeLlm::start(Behavior::Good).unwrap();
+        let url = server.url().replace("http://", "https://");
+        let out = wait(InFlight::start(
+            &Anthropic,
+            &cfg(url, Duration::from_secs(5)),
+            &prompt(),
+            false,
+        ));
+        let Err(CallError::Transport(msg)) = out.result else {
+            panic!("expected a transport error, got {:?}", out.result)
+        };
+        assert!(
+            !msg.to_lowercase().contains("not supported") && !msg.contains("feature"),
+            "{msg}"
+        );
+    }
+
+    #[test]
     fn cancel_interrupts_a_hanging_call() {
         let server = FakeLlm::start(Behavior::Hang).unwrap();
         let call = InFlight::start(

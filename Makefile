@@ -7,7 +7,7 @@ TEST_PGDATA ?= /tmp/damascus-test-pgdata
 # Tests that boot Postgres share one cluster per test binary, so they run one at a time.
 export RUST_TEST_THREADS = 1
 
-.PHONY: all deps test lint unit pgtest run stop bench clean
+.PHONY: all deps test lint unit pgtest run stop stop-demo bench clean
 
 all: test
 
@@ -25,8 +25,12 @@ unit:
 	cargo test -p fakellm
 	cargo test -p damascus --lib -- core:: llm::
 
-# Real Postgres 15 via pgrx-tests, as the postgres user: SQL tests, ticks and the static worker.
-pgtest:
+# Installing rewrites damascus.so in place, which crashes a server that has it loaded: stop make run's first.
+stop-demo:
+	@if [ -f .run/pgdata/postmaster.pid ]; then echo "stopping the make run cluster: installing a new damascus.so under it would crash it"; scripts/run.sh stop; fi
+
+# Real Postgres 15 via pgrx-tests, as the postgres user: SQL tests, ticks, the static worker and pg_cron.
+pgtest: stop-demo
 	@rm -rf $(TEST_PGDATA)
 	cargo pgrx test pg15 --runas postgres --pgdata $(TEST_PGDATA)
 
@@ -36,7 +40,7 @@ run: deps
 stop:
 	@scripts/run.sh stop
 
-bench: deps
+bench: deps stop-demo
 	@PG_CONFIG=$(PG_CONFIG) bench/run.sh
 
 clean:

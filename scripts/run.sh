@@ -465,8 +465,8 @@ print_howto() {
 
     Server log: .run/postgres.log$([ "$LLM_KIND" = fake ] && echo "   stand-in LLM ($LLM_URL) log: .run/fakellm.log")
     Stop everything: make stop   (make run again rebuilds and restarts; data stays in .run/pgdata)
-    Before 'make test': make stop. Its pgrx tests reinstall damascus.so in place (sudo cp), which crashes
-    a server that has the library loaded; 'make run' afterwards brings this one back.
+    'make test' stops this cluster first: its pgrx tests reinstall damascus.so in place (sudo cp), which
+    would crash a server that has the library loaded; 'make run' afterwards brings this one back.
 EOF
   if [ "$LLM_KIND" = fake ]; then
     echo "    Reminder: answers come from the OFFLINE STAND-IN (fakellm), not a real model."

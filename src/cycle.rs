@@ -219,7 +219,7 @@ pub fn begin(ctx: &Context) -> Begun<'_> {
     })
 }
 
-impl Calling<'_> {
+impl<'a> Calling<'a> {
     /// The call's outcome once it has finished; never blocks.
     pub fn poll(&mut self) -> Option<CallOutcome> {
         self.call.poll()
@@ -280,8 +280,8 @@ impl Calling<'_> {
         }
     }
 
-    /// Stops the call of a claim that was superseded and closes its cycle row as claim_lost.
-    pub fn lost(self) -> TickRow {
+    /// Interrupts the call; what is left is what the closing transaction needs.
+    fn stop_call(self) -> (&'a Context, &'a PhaseDef, Claim, i64) {
         let Calling {
             ctx,
             phase,
@@ -291,6 +291,12 @@ impl Calling<'_> {
             ..
         } = self;
         call.cancel();
+        (ctx, phase, claim, cycle_id)
+    }
+
+    /// Stops the call of a claim that was superseded and closes its cycle row as claim_lost.
+    pub fn lost(self) -> TickRow {
+        let (ctx, phase, claim, cycle_id) = self.stop_call();
         let detail = format!(
             "claim token {} was superseded during the LLM call; the call was stopped",
             claim.token
@@ -306,15 +312,7 @@ impl Calling<'_> {
 
     /// Interrupts the call and gives the claim back at once.
     pub fn abandon(self, why: &str) -> TickRow {
-        let Calling {
-            ctx,
-            phase,
-            claim,
-            cycle_id,
-            call,
-            ..
-        } = self;
-        call.cancel();
+        let (ctx, phase, claim, cycle_id) = self.stop_call();
         let state = release(ctx, &claim, Some(cycle_id), why);
         row(&claim, &phase.name, Kind::Interrupted.generic_name(), state)
     }

@@ -342,17 +342,10 @@ fn late_verdict_with_a_superseded_token_is_claim_lost() {
     let id = submit(&mut client(), "Slow first answer", "body");
 
     // Tick A claims and waits on a slow LLM.
-    let a = std::thread::spawn(|| tick(&mut client()));
+    let a = tick_in_background(id);
     let mut c = client();
-    wait_for("tick A's phase to start", Duration::from_secs(10), || {
-        cycles(&mut c, id).first().map(|_| ())
-    });
     // A's claim goes stale (as if A had stalled for 10 minutes) and tick B takes the ticket over.
-    c.execute(
-        "UPDATE damascus.tickets SET claimed_at = now() - interval '10 minutes' WHERE id = $1",
-        &[&id],
-    )
-    .unwrap();
+    age_claim(&mut c, id, 10);
     llm.set_behavior(Behavior::Good);
     let b = tick(&mut c).expect("tick B claims the stale ticket");
     assert_eq!(
@@ -389,11 +382,8 @@ fn the_llm_call_holds_no_transaction_snapshot_or_lock() {
     let _g = setup();
     fresh(Behavior::Slow(Duration::from_secs(2)));
     let id = submit(&mut client(), "Slow answer", "body");
-    let t = std::thread::spawn(|| tick(&mut client()));
+    let t = tick_in_background(id);
     let mut c = client();
-    wait_for("the phase to start", Duration::from_secs(10), || {
-        cycles(&mut c, id).first().map(|_| ())
-    });
     let r = c
         .query_one(
             "SELECT xact_start IS NULL AS no_xact, backend_xmin IS NULL AS no_xmin, backend_xid IS NULL AS no_xid
@@ -625,17 +615,10 @@ fn the_heartbeat_keeps_a_live_claim_and_notices_a_lost_one() {
     fresh(Behavior::Hang);
     set_conf("damascus.stale_claim_minutes", "1");
     let id = submit(&mut client(), "Very long call", "body");
-    let a = std::thread::spawn(|| tick(&mut client()));
+    let a = tick_in_background(id);
     let mut c = client();
-    wait_for("the call to start", Duration::from_secs(10), || {
-        cycles(&mut c, id).first().map(|_| ())
-    });
     // As if the call had been running for 10 minutes: without a heartbeat the claim would be stale.
-    c.execute(
-        "UPDATE damascus.tickets SET claimed_at = now() - interval '10 minutes' WHERE id = $1",
-        &[&id],
-    )
-    .unwrap();
+    age_claim(&mut c, id, 10);
     wait_for(
         "the heartbeat to renew the lease",
         Duration::from_secs(15),

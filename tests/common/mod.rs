@@ -253,3 +253,23 @@ pub fn disarm_phase_failure(c: &mut Client) {
     c.batch_execute("DROP TRIGGER explode ON damascus.cycles; DROP FUNCTION public.explode();")
         .unwrap();
 }
+
+/// Starts `SELECT * FROM damascus_tick()` on its own connection and returns once its phase
+/// transaction has committed for ticket `id` (the LLM call is then in flight).
+pub fn tick_in_background(id: i64) -> std::thread::JoinHandle<Option<TickRow>> {
+    let handle = std::thread::spawn(|| tick(&mut client()));
+    let mut c = client();
+    wait_for("the tick's phase to start", Duration::from_secs(10), || {
+        cycles(&mut c, id).first().map(|_| ())
+    });
+    handle
+}
+
+/// Moves a live claim's `claimed_at` back, as if its holder had been silent that long.
+pub fn age_claim(c: &mut Client, id: i64, minutes: i32) {
+    c.execute(
+        "UPDATE damascus.tickets SET claimed_at = now() - make_interval(mins => $2) WHERE id = $1",
+        &[&id, &minutes],
+    )
+    .unwrap();
+}

@@ -93,39 +93,58 @@ pub extern "C-unwind" fn damascus_worker_main(arg: pg_sys::Datum) {
     let worker = format!("{name} (pid {})", unsafe { pg_sys::MyProcPid });
     log!("{name} started, serving database \"{database}\"");
 
+    // The extension is checked only until it is found, and again after a claim fails (it may have
+    // been dropped), so a busy worker spends no transaction per cycle on the check.
+    let mut ready = false;
     let mut said_waiting = false;
+    let mut failed_claim: Option<String> = None;
     while !stopping() {
         if BackgroundWorker::sighup_received() {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
         let naptime = Duration::from_millis(guc::snapshot().naptime_ms);
-        match cycle::transaction(|| store::extension_ready().or_raise()) {
-            Ok(true) => said_waiting = false,
-            Ok(false) => {
-                if !said_waiting {
-                    log!(
-                        "{name}: extension \"damascus\" is not created in database \"{database}\" yet; waiting for CREATE EXTENSION damascus"
-                    );
-                    said_waiting = true;
+        let nap = || wait(naptime) == Wake::Stop;
+        if !ready {
+            match cycle::transaction(|| store::extension_ready().or_raise()) {
+                Ok(true) => {
+                    ready = true;
+                    said_waiting = false;
+                    // The extension is there, so a failed claim had another cause worth a warning.
+                    if let Some(e) = failed_claim.take() {
+                        warning!("{name}: {e}");
+                        if nap() {
+                            break;
+                        }
+                        continue;
+                    }
                 }
-                if wait(naptime) == Wake::Stop {
-                    break;
+                Ok(false) => {
+                    failed_claim = None;
+                    if !said_waiting {
+                        log!(
+                            "{name}: extension \"damascus\" is not created in database \"{database}\" yet; waiting for CREATE EXTENSION damascus"
+                        );
+                        said_waiting = true;
+                    }
+                    if nap() {
+                        break;
+                    }
+                    continue;
                 }
-                continue;
-            }
-            Err(e) => {
-                warning!("{name}: {e}");
-                if wait(naptime) == Wake::Stop {
-                    break;
+                Err(e) => {
+                    warning!("{name}: {e}");
+                    if nap() {
+                        break;
+                    }
+                    continue;
                 }
-                continue;
             }
         }
         let ctx = match Context::load(worker.clone()) {
             Ok(ctx) => ctx,
             Err(e) => {
                 warning!("{name}: {}", e.message());
-                if wait(naptime) == Wake::Stop {
+                if nap() {
                     break;
                 }
                 continue;
@@ -140,15 +159,13 @@ pub extern "C-unwind" fn damascus_worker_main(arg: pg_sys::Datum) {
             // More work may be waiting: look again at once.
             CycleEnd::Done(_) => {}
             CycleEnd::Idle => {
-                if wait(naptime) == Wake::Stop {
+                if nap() {
                     break;
                 }
             }
             CycleEnd::Failed(e) => {
-                warning!("{name}: {e}");
-                if wait(naptime) == Wake::Stop {
-                    break;
-                }
+                ready = false;
+                failed_claim = Some(e);
             }
         }
     }

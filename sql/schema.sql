@@ -29,6 +29,9 @@ CREATE TABLE damascus.tickets (
     CONSTRAINT tickets_claim_is_whole CHECK ((claimed_at IS NULL) = (claim_token IS NULL))
 );
 COMMENT ON TABLE damascus.tickets IS 'Work items; each moves through the phases (new -> specified ...) one cycle at a time';
+COMMENT ON COLUMN damascus.tickets.id IS 'Ticket id, as damascus_submit returns it';
+COMMENT ON COLUMN damascus.tickets.title IS 'What the ticket asks for, in one line';
+COMMENT ON COLUMN damascus.tickets.body IS 'The details the phases work from';
 COMMENT ON COLUMN damascus.tickets.state IS 'The phase input or output state the ticket is in: new, specified, failed';
 COMMENT ON COLUMN damascus.tickets.priority IS 'Higher is claimed first; ties go to the oldest ticket';
 COMMENT ON COLUMN damascus.tickets.attempts IS 'Rejected answers (wrong or truncated) in the current phase';
@@ -41,6 +44,8 @@ COMMENT ON COLUMN damascus.tickets.not_before IS 'The ticket is not claimable be
 COMMENT ON COLUMN damascus.tickets.outputs IS 'Accepted output per phase name, e.g. outputs->>''refine_spec''';
 COMMENT ON COLUMN damascus.tickets.last_verdict IS 'Verdict of the latest cycle';
 COMMENT ON COLUMN damascus.tickets.last_error IS 'Why the latest cycle did not succeed, if it did not';
+COMMENT ON COLUMN damascus.tickets.created_at IS 'When the ticket was submitted';
+COMMENT ON COLUMN damascus.tickets.updated_at IS 'When a cycle last changed the ticket';
 
 CREATE INDEX tickets_claim_order ON damascus.tickets (state, priority DESC, created_at, id);
 COMMENT ON INDEX damascus.tickets_claim_order IS 'Serves the claim query: state filter, then priority and age';
@@ -66,6 +71,13 @@ CREATE TABLE damascus.cycles (
     llm_ms        integer
 );
 COMMENT ON TABLE damascus.cycles IS 'One row per cycle: claim, phase and verdict, each its own committed transaction';
+COMMENT ON COLUMN damascus.cycles.id IS 'Cycle id, in start order';
+COMMENT ON COLUMN damascus.cycles.ticket_id IS 'The ticket the cycle worked on';
+COMMENT ON COLUMN damascus.cycles.phase IS 'The phase that ran, e.g. refine_spec';
+COMMENT ON COLUMN damascus.cycles.started_at IS 'When the phase transaction recorded the cycle';
+COMMENT ON COLUMN damascus.cycles.finished_at IS 'When the verdict (or error) was written';
+COMMENT ON COLUMN damascus.cycles.input_tokens IS 'Prompt tokens the LLM API reported';
+COMMENT ON COLUMN damascus.cycles.output_tokens IS 'Answer tokens the LLM API reported';
 COMMENT ON COLUMN damascus.cycles.attempt IS 'Which attempt at this phase the cycle was (1 = first)';
 COMMENT ON COLUMN damascus.cycles.worker IS 'The worker or tick that ran the cycle';
 COMMENT ON COLUMN damascus.cycles.claim_token IS 'Fencing token the cycle held';

@@ -56,6 +56,39 @@ mod tests {
         assert_eq!(title.as_deref(), Some("Second"));
     }
 
+    #[pg_test]
+    fn every_damascus_object_has_a_comment() {
+        let missing = Spi::get_one::<String>(
+            "SELECT string_agg(what, ', ') FROM (
+               SELECT format('%s.%s', c.relname, a.attname) AS what
+               FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+               JOIN pg_namespace n ON n.oid = c.relnamespace
+               WHERE n.nspname = 'damascus' AND c.relkind = 'r' AND a.attnum > 0 AND NOT a.attisdropped
+                 AND col_description(c.oid, a.attnum) IS NULL
+               UNION ALL
+               SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+               WHERE n.nspname = 'damascus' AND obj_description(c.oid, 'pg_class') IS NULL
+                 AND c.relkind IN ('r', 'S', 'i', 'v') AND c.relname NOT LIKE '%_pkey'
+                 AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = c.oid AND d.deptype = 'i')
+               UNION ALL
+               SELECT p.proname FROM pg_proc p
+               WHERE p.proname LIKE 'damascus\\_%' AND obj_description(p.oid, 'pg_proc') IS NULL
+             ) gaps",
+        )
+        .unwrap();
+        assert_eq!(missing, None, "objects without COMMENT ON");
+    }
+
+    #[pg_test]
+    fn the_sql_functions_are_not_granted_to_public() {
+        let public = Spi::get_one::<bool>(
+            "SELECT bool_or(has_function_privilege('public', p.oid, 'EXECUTE'))
+             FROM pg_proc p WHERE p.proname IN ('damascus_submit', 'damascus_tick')",
+        )
+        .unwrap();
+        assert_eq!(public, Some(false));
+    }
+
     #[pg_test(error = "invalid ticket: title is empty")]
     fn submit_refuses_a_blank_title() {
         Spi::run("SELECT damascus_submit('   ', 'body')").unwrap();

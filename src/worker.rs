@@ -98,11 +98,29 @@ pub extern "C-unwind" fn damascus_worker_main(arg: pg_sys::Datum) {
     let mut ready = false;
     let mut said_waiting = false;
     let mut failed_claim: Option<String> = None;
+    // Settings and pipeline are read once and again only after a reload, not once per cycle.
+    let mut loaded: Option<Context> = None;
     while !stopping() {
         if BackgroundWorker::sighup_received() {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+            loaded = None;
         }
-        let naptime = Duration::from_millis(guc::snapshot().naptime_ms);
+        if loaded.is_none() {
+            match Context::load(worker.clone()) {
+                Ok(c) => loaded = Some(c),
+                Err(e) => {
+                    warning!("{name}: {}", e.message());
+                    if wait(Duration::from_millis(guc::snapshot().naptime_ms)) == Wake::Stop {
+                        break;
+                    }
+                    continue;
+                }
+            }
+        }
+        let Some(ctx) = loaded.as_ref() else {
+            continue;
+        };
+        let naptime = Duration::from_millis(ctx.settings.naptime_ms);
         let nap = || wait(naptime) == Wake::Stop;
         if !ready {
             match cycle::transaction(|| store::extension_ready().or_raise()) {
@@ -140,17 +158,7 @@ pub extern "C-unwind" fn damascus_worker_main(arg: pg_sys::Datum) {
                 }
             }
         }
-        let ctx = match Context::load(worker.clone()) {
-            Ok(ctx) => ctx,
-            Err(e) => {
-                warning!("{name}: {}", e.message());
-                if nap() {
-                    break;
-                }
-                continue;
-            }
-        };
-        let (end, wake) = cycle::run_one(&ctx, &mut wait);
+        let (end, wake) = cycle::run_one(ctx, &mut wait);
         unsafe { pg_sys::pgstat_report_stat(false) };
         if wake == Wake::Stop {
             break;

@@ -4,4 +4,4 @@
 UPDATE damascus.tickets
 SET claimed_at = now()
 WHERE id = $1 AND claim_token = $2
-RETURNING claimed_at IS NOT NULL
+RETURNING id

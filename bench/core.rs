@@ -4,9 +4,10 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use damascus::core::phase::{PhaseDef, TicketInput};
-use damascus::core::spec;
-use damascus::core::wire::{Anthropic, Codec, LlmConfig};
+use damascus_core::phase::{PhaseDef, PhaseRow, TicketInput};
+use damascus_core::spec;
+use damascus_core::validate::Validator;
+use damascus_core::wire::{Anthropic, Codec, LlmConfig};
 
 fn median_ns(rounds: usize, iters: u32, mut f: impl FnMut()) -> f64 {
     let mut samples: Vec<f64> = (0..rounds)
@@ -41,12 +42,33 @@ fn main() {
         api_key: Some("k".into()),
         timeout: std::time::Duration::from_secs(1),
     };
-    let phase = PhaseDef::refine_spec(4000).expect("valid phase");
+    // The shape of the seeded refine_spec row.
+    let phase = PhaseDef::from_row(PhaseRow {
+        name: "refine_spec".into(),
+        kind: "llm".into(),
+        from_state: "new".into(),
+        transitions: serde_json::json!({"spec_ok": "specified"}),
+        max_attempts: 3,
+        max_rejections: 3,
+        max_tokens: 4000,
+        model: None,
+        timeout_s: None,
+        system_prompt: "You turn a software ticket into an implementation spec.".into(),
+        prompt_template: "Ticket #{{id}}: {{title}}\n\n{{body}}".into(),
+        validator: Validator::spec_json(),
+        verdict_prefix: Some("spec".into()),
+    })
+    .expect("valid phase");
     let ticket = TicketInput {
         id: 42,
+        state: "new".into(),
         title: "Add a health endpoint".into(),
         body: "GET /healthz".repeat(50),
+        outputs: serde_json::json!({}),
+        feedback: None,
         attempts: 0,
+        rejections: 0,
+        llm_errors: 0,
     };
 
     println!("{:<44} {:>12}", "operation", "ns/op");
@@ -79,7 +101,7 @@ fn main() {
             "judge (parse result -> verdict)".to_string(),
             median_ns(7, 2000, || {
                 let r = Anthropic.parse(200, &response);
-                black_box(phase.judge(42, 0, &r));
+                black_box(phase.judge(&ticket, &r));
             }),
         ),
     ];

@@ -10,7 +10,8 @@
 #
 # Environment knobs:
 #   DAMASCUS_PORT            port of the cluster (default 28815; it listens on 127.0.0.1 only)
-#   DAMASCUS_LLM_URL         use this LLM endpoint (Anthropic Messages wire format) instead of the default
+#   DAMASCUS_LLM_URL         use this LLM endpoint instead of the default
+#   DAMASCUS_LLM_PROVIDER    its wire format: anthropic (default) or openai (vLLM, llama.cpp, Ollama, gateways)
 #   ANTHROPIC_API_KEY        with no DAMASCUS_LLM_URL, talk to the real Anthropic API with this key; the key
 #                            reaches the server only through its environment and is never written to a file
 #   DAMASCUS_WATCH_SECONDS   how long to watch the sample tickets (default 60 with the stand-in, 300 otherwise)
@@ -235,7 +236,7 @@ choose_llm() {
     stop_fakellm
     LLM_URL="$DAMASCUS_LLM_URL"
     LLM_KIND=custom
-    info "LLM: $LLM_URL (from DAMASCUS_LLM_URL; requests go to $LLM_URL/v1/messages)"
+    info "LLM: $LLM_URL (from DAMASCUS_LLM_URL, wire format ${DAMASCUS_LLM_PROVIDER:-anthropic})"
     if [ -n "${ANTHROPIC_API_KEY:-}" ]; then
       info "ANTHROPIC_API_KEY is passed to the server's environment (not written to any file)"
     else
@@ -298,6 +299,7 @@ EOF
     echo "damascus.database = '$DB'"
     echo "damascus.naptime = 500"
     echo "damascus.llm_url = $(conf_quote "$LLM_URL")"
+    echo "damascus.llm_provider = $(conf_quote "${DAMASCUS_LLM_PROVIDER:-anthropic}")"
     if [ "$LLM_KIND" = fake ]; then
       # fakellm, like the real API, answers 401 without an x-api-key header; any value will do for it.
       echo "damascus.llm_api_key = 'offline-stand-in-needs-no-real-key'"
@@ -338,6 +340,8 @@ create_extension() {
     info "database '$DB' exists"
   fi
   sql -d "$DB" -c "SET client_min_messages = warning; CREATE EXTENSION IF NOT EXISTS damascus"
+  # A cluster from an earlier make run may have an older version: bring it up to the installed library.
+  sql -d "$DB" -c "SET client_min_messages = warning; ALTER EXTENSION damascus UPDATE"
   info "extension damascus $(sql -d "$DB" -tAc "SELECT extversion FROM pg_extension WHERE extname = 'damascus'") is created"
 }
 
@@ -347,12 +351,13 @@ submit_tickets() {
   step "Submitting sample tickets"
   # With the stand-in, markers in the text pick how it answers that ticket (see fakellm --help); with a real
   # model the same tickets go out without them.
-  local slow="" missing=""
+  local slow="" missing="" reject=""
   if [ "$LLM_KIND" = fake ]; then
     slow=" [fakellm:slow=2000]"
     missing=" [fakellm:missing=Test Command]"
+    reject=" [fakellm:reject]"
   fi
-  TICKET_IDS="$(sql -d "$DB" -tA -v slow="$slow" -v missing="$missing" <<'EOF'
+  TICKET_IDS="$(sql -d "$DB" -tA -v slow="$slow" -v missing="$missing" -v reject="$reject" <<'EOF'
 SELECT string_agg(id::text, ',' ORDER BY id) FROM (
   SELECT damascus_submit('Add a health endpoint',
                          'GET /healthz returns 200 and the git sha of the running build as JSON.' || :'slow') AS id
@@ -367,19 +372,22 @@ SELECT string_agg(id::text, ',' ORDER BY id) FROM (
                          'Deleting a ticket moves it to an archive table instead of losing it.' || :'missing')
   UNION ALL
   SELECT damascus_submit('Show build version in the footer',
-                         'Every page footer shows the version and short git sha, e.g. "v1.4.2 (3f9c2ab)".')
+                         'Every page footer shows the version and short git sha, e.g. "v1.4.2 (3f9c2ab)".' || :'reject')
 ) AS submitted;
 EOF
 )"
   [ -n "$TICKET_IDS" ] || die "damascus_submit returned no ids."
   info "submitted tickets $TICKET_IDS ('Rate-limit the login form' has priority 5, so it is claimed first)"
   if [ "$LLM_KIND" = fake ]; then
-    info "What the markers in three of them make the stand-in do:"
-    info "- 'Add a health endpoint' and 'Export tickets as CSV' carry [fakellm:slow=2000]: a good answer after 2s,"
+    info "Each ticket goes refine_spec -> implement -> review (new -> specified -> implemented -> done)."
+    info "What the markers in four of them make the stand-in do:"
+    info "- 'Add a health endpoint' and 'Export tickets as CSV' carry [fakellm:slow=2000]: good answers after 2s,"
     info "  so you can see a ticket held by a worker (claimed_by) while its LLM call runs."
-    info "- 'Soft-delete tickets' carries [fakellm:missing=Test Command]: every answer lacks the Test Command"
-    info "  section, so damascus rejects it (spec_wrong), retries, and after 3 rejected answers marks it failed."
-    info "The other two get a good answer at once; all but 'Soft-delete tickets' should reach 'specified'."
+    info "- 'Soft-delete tickets' carries [fakellm:missing=Test Command]: every spec lacks the Test Command"
+    info "  section, so damascus refuses it (spec_wrong), retries, and after 3 refused answers marks it failed."
+    info "- 'Show build version in the footer' carries [fakellm:reject]: the review rejects every change, so it goes"
+    info "  back to implement with the reviewer's reasons as feedback, and fails after the third rejection."
+    info "The other three should reach 'done'."
   fi
 }
 
@@ -390,7 +398,7 @@ watch_tickets() {
   local ids="{$TICKET_IDS}" prev="" now open t0=$SECONDS
   while :; do
     now="$(watch_sql -P footer=off -c "
-      SELECT id, left(title, 34) AS title, state, attempts, coalesce(last_verdict, '') AS last_verdict,
+      SELECT id, left(title, 34) AS title, state, attempts, rejections, coalesce(last_verdict, '') AS last_verdict,
              coalesce(claimed_by, '') AS claimed_by
       FROM damascus.tickets WHERE id = ANY ('$ids'::bigint[]) ORDER BY id")"
     if [ "$now" != "$prev" ]; then
@@ -399,15 +407,15 @@ watch_tickets() {
       prev="$now"
     fi
     open="$(watch_sql -tAc "SELECT count(*) FROM damascus.tickets
-                               WHERE id = ANY ('$ids'::bigint[]) AND state = 'new' AND attempts < max_attempts")"
+                               WHERE id = ANY ('$ids'::bigint[]) AND state NOT IN ('done', 'failed', 'cancelled')")"
     if [ "$open" = 0 ]; then
       info ""
-      info "all sample tickets reached 'specified' or 'failed' in $((SECONDS - t0))s"
+      info "all sample tickets reached 'done' or 'failed' in $((SECONDS - t0))s"
       break
     fi
     if [ $((SECONDS - t0)) -ge "$limit" ]; then
       info ""
-      warn "$open sample ticket(s) are still 'new' after ${limit}s; the worker keeps going in the background."
+      warn "$open sample ticket(s) are not finished after ${limit}s; the worker keeps going in the background."
       explain_idle_worker
       break
     fi
@@ -416,8 +424,8 @@ watch_tickets() {
 
   printf '\n    Cycles that ran on them (damascus.cycles; each cycle is three committed transactions):\n'
   sql -d "$DB" -P footer=off -c "
-    SELECT id, ticket_id, attempt, coalesce(verdict, '(running)') AS verdict, claim_xid, phase_xid, verdict_xid,
-           llm_ms, left(coalesce(detail, ''), 48) AS detail
+    SELECT id, ticket_id, phase, attempt, coalesce(verdict, '(running)') AS verdict, claim_xid, phase_xid, verdict_xid,
+           llm_ms, left(coalesce(detail, ''), 40) AS detail
     FROM damascus.cycles WHERE ticket_id = ANY ('$ids'::bigint[]) ORDER BY id" | sed '/^ *$/d; s/^/    /'
 }
 
@@ -461,7 +469,8 @@ print_howto() {
       SELECT damascus_submit('Add a logout button', 'POST /logout ends the session and redirects to /');
       SELECT * FROM damascus_tick();      -- run one cycle now, in addition to the background worker
       SELECT id, state, last_verdict FROM damascus.tickets;
-      SELECT ticket_id, verdict, llm_ms, detail FROM damascus.cycles ORDER BY id DESC LIMIT 5;
+      SELECT ticket_id, phase, verdict, llm_ms, detail FROM damascus.cycles ORDER BY id DESC LIMIT 5;
+      SELECT name, from_state, transitions, max_tokens FROM damascus.phases ORDER BY position;
 
     Server log: .run/postgres.log$([ "$LLM_KIND" = fake ] && echo "   stand-in LLM ($LLM_URL) log: .run/fakellm.log")
     Stop everything: make stop   (make run again rebuilds and restarts; data stays in .run/pgdata)

@@ -1,5 +1,6 @@
--- damascus schema: tickets, the cycles that worked on them, and the fencing-token sequence.
--- Loaded first by CREATE EXTENSION (extension_sql_file!, bootstrap).
+-- damascus schema: tickets, the phases that move them, the cycles that worked on them, and the fencing-token sequence.
+-- Loaded first by CREATE EXTENSION (extension_sql_file!, bootstrap). Every change here also goes into the
+-- upgrade script from the previous version (sql/damascus--0.1.0--0.2.0.sql); tests/upgrade.rs holds them equal.
 
 CREATE SCHEMA damascus;
 COMMENT ON SCHEMA damascus IS 'damascus: tickets and the cycles an LLM pipeline ran on them';
@@ -15,7 +16,6 @@ CREATE TABLE damascus.tickets (
     state        text        NOT NULL DEFAULT 'new' CHECK (length(state) BETWEEN 1 AND 63),
     priority     integer     NOT NULL DEFAULT 0,
     attempts     integer     NOT NULL DEFAULT 0 CHECK (attempts >= 0),
-    max_attempts integer     NOT NULL DEFAULT 3 CHECK (max_attempts >= 1),
     llm_errors   integer     NOT NULL DEFAULT 0 CHECK (llm_errors >= 0),
     claimed_at   timestamptz,
     claimed_by   text,
@@ -26,16 +26,17 @@ CREATE TABLE damascus.tickets (
     last_error   text,
     created_at   timestamptz NOT NULL DEFAULT now(),
     updated_at   timestamptz NOT NULL DEFAULT now(),
+    rejections   integer     NOT NULL DEFAULT 0 CHECK (rejections >= 0),
+    feedback     text,
     CONSTRAINT tickets_claim_is_whole CHECK ((claimed_at IS NULL) = (claim_token IS NULL))
 );
 COMMENT ON TABLE damascus.tickets IS 'Work items; each moves through the phases (new -> specified ...) one cycle at a time';
 COMMENT ON COLUMN damascus.tickets.id IS 'Ticket id, as damascus_submit returns it';
 COMMENT ON COLUMN damascus.tickets.title IS 'What the ticket asks for, in one line';
 COMMENT ON COLUMN damascus.tickets.body IS 'The details the phases work from';
-COMMENT ON COLUMN damascus.tickets.state IS 'The phase input or output state the ticket is in: new, specified, failed';
+COMMENT ON COLUMN damascus.tickets.state IS 'Where the ticket is: a state some phase claims (new, specified, implemented ...) or done, failed, cancelled';
 COMMENT ON COLUMN damascus.tickets.priority IS 'Higher is claimed first; ties go to the oldest ticket';
-COMMENT ON COLUMN damascus.tickets.attempts IS 'Rejected answers (wrong or truncated) in the current phase';
-COMMENT ON COLUMN damascus.tickets.max_attempts IS 'Rejected answers allowed before the ticket fails';
+COMMENT ON COLUMN damascus.tickets.attempts IS 'Refused answers (wrong or truncated) in the current phase; the phase''s max_attempts fails the ticket';
 COMMENT ON COLUMN damascus.tickets.llm_errors IS 'Consecutive transport failures; drives the retry delay, never fails a ticket';
 COMMENT ON COLUMN damascus.tickets.claimed_at IS 'When the current claim was taken; NULL when unclaimed';
 COMMENT ON COLUMN damascus.tickets.claimed_by IS 'Which worker holds the claim';
@@ -46,6 +47,8 @@ COMMENT ON COLUMN damascus.tickets.last_verdict IS 'Verdict of the latest cycle'
 COMMENT ON COLUMN damascus.tickets.last_error IS 'Why the latest cycle did not succeed, if it did not';
 COMMENT ON COLUMN damascus.tickets.created_at IS 'When the ticket was submitted';
 COMMENT ON COLUMN damascus.tickets.updated_at IS 'When a cycle last changed the ticket';
+COMMENT ON COLUMN damascus.tickets.rejections IS 'Rejections (verdict rejected, by a review or an approval) since submission or the last retry';
+COMMENT ON COLUMN damascus.tickets.feedback IS 'Reasons of the latest rejection, offered to the next prompt as {{feedback}}';
 
 CREATE INDEX tickets_claim_order ON damascus.tickets (state, priority DESC, created_at, id);
 COMMENT ON INDEX damascus.tickets_claim_order IS 'Serves the claim query: state filter, then priority and age';
@@ -68,7 +71,11 @@ CREATE TABLE damascus.cycles (
     stop_reason   text,
     input_tokens  integer,
     output_tokens integer,
-    llm_ms        integer
+    llm_ms        integer,
+    provider      text,
+    model         text,
+    prompt_sha256 text,
+    answer        text
 );
 COMMENT ON TABLE damascus.cycles IS 'One row per cycle: claim, phase and verdict, each its own committed transaction';
 COMMENT ON COLUMN damascus.cycles.id IS 'Cycle id, in start order';
@@ -79,19 +86,66 @@ COMMENT ON COLUMN damascus.cycles.finished_at IS 'When the verdict (or error) wa
 COMMENT ON COLUMN damascus.cycles.input_tokens IS 'Prompt tokens the LLM API reported';
 COMMENT ON COLUMN damascus.cycles.output_tokens IS 'Answer tokens the LLM API reported';
 COMMENT ON COLUMN damascus.cycles.attempt IS 'Which attempt at this phase the cycle was (1 = first)';
-COMMENT ON COLUMN damascus.cycles.worker IS 'The worker or tick that ran the cycle';
+COMMENT ON COLUMN damascus.cycles.worker IS 'The worker or tick that ran the cycle, or the role (session_user) that approved or rejected';
 COMMENT ON COLUMN damascus.cycles.claim_token IS 'Fencing token the cycle held';
 COMMENT ON COLUMN damascus.cycles.claim_xid IS 'Transaction id of the claim transaction';
 COMMENT ON COLUMN damascus.cycles.phase_xid IS 'Transaction id of the phase transaction (records the cycle, reads inputs)';
 COMMENT ON COLUMN damascus.cycles.verdict_xid IS 'Transaction id of the verdict transaction';
-COMMENT ON COLUMN damascus.cycles.verdict IS 'spec_ok, spec_wrong, spec_truncated, llm_error, claim_lost, error or interrupted; NULL while running';
-COMMENT ON COLUMN damascus.cycles.detail IS 'Why: the missing section, the HTTP error, the lost claim, the caught ERROR';
+COMMENT ON COLUMN damascus.cycles.verdict IS 'The phase''s verdict (spec_ok, impl_wrong, approved, rejected ...) or llm_error, claim_lost, error, interrupted; NULL while running';
+COMMENT ON COLUMN damascus.cycles.detail IS 'Why: the missing section, the rejection''s reasons, an approval''s note, the HTTP error, the lost claim, the caught ERROR';
+COMMENT ON COLUMN damascus.cycles.provider IS 'Wire format of the call: anthropic or openai; NULL for an approval decision';
+COMMENT ON COLUMN damascus.cycles.model IS 'Model the request named';
+COMMENT ON COLUMN damascus.cycles.prompt_sha256 IS 'sha256 (hex) of the request body sent to the LLM, so two cycles asked the same thing exactly when these match';
+COMMENT ON COLUMN damascus.cycles.answer IS 'The model''s raw answer text, accepted or not';
 COMMENT ON COLUMN damascus.cycles.http_status IS 'HTTP status of the LLM call, NULL if no response';
 COMMENT ON COLUMN damascus.cycles.stop_reason IS 'stop_reason the LLM API reported';
 COMMENT ON COLUMN damascus.cycles.llm_ms IS 'Wall time of the LLM call in milliseconds, outside any transaction';
 
 CREATE INDEX cycles_ticket ON damascus.cycles (ticket_id, id);
 COMMENT ON INDEX damascus.cycles_ticket IS 'A ticket''s history, in order';
+
+CREATE TABLE damascus.phases (
+    name            text        PRIMARY KEY CHECK (name ~ '^[a-z_][a-z0-9_]{0,62}$'),
+    position        integer     NOT NULL,
+    kind            text        NOT NULL DEFAULT 'llm' CHECK (kind IN ('llm', 'approval')),
+    from_state      text        NOT NULL CHECK (length(from_state) BETWEEN 1 AND 63
+                                                AND from_state NOT IN ('done', 'failed', 'cancelled')),
+    transitions     jsonb       NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(transitions) = 'object'),
+    max_attempts    integer     NOT NULL DEFAULT 3 CHECK (max_attempts >= 1),
+    max_rejections  integer     NOT NULL DEFAULT 3 CHECK (max_rejections >= 1),
+    max_tokens      integer     NOT NULL DEFAULT 4000,
+    model           text,
+    timeout_s       integer     CHECK (timeout_s BETWEEN 1 AND 3600),
+    system_prompt   text        NOT NULL DEFAULT '',
+    prompt_template text        NOT NULL DEFAULT 'Ticket #{{id}}: {{title}}
+
+{{body}}',
+    validator       jsonb       NOT NULL DEFAULT '{"kind": "none"}',
+    verdict_prefix  text        CHECK (verdict_prefix ~ '^[a-z_][a-z0-9_]{0,40}$'),
+    enabled         boolean     NOT NULL DEFAULT true,
+    updated_at      timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT phases_one_per_state EXCLUDE USING btree (from_state WITH =) WHERE (enabled)
+        DEFERRABLE INITIALLY DEFERRED
+);
+COMMENT ON TABLE damascus.phases IS 'The pipeline: one row per phase; INSERT, UPDATE or DELETE here takes effect at the next claim';
+COMMENT ON COLUMN damascus.phases.name IS 'Phase name; its accepted output is stored in tickets.outputs under this key';
+COMMENT ON COLUMN damascus.phases.position IS 'Order in which the phases are listed';
+COMMENT ON COLUMN damascus.phases.kind IS 'llm (a worker calls the model) or approval (waits for damascus_approve or damascus_reject)';
+COMMENT ON COLUMN damascus.phases.from_state IS 'The ticket state this phase claims; at most one enabled phase per state';
+COMMENT ON COLUMN damascus.phases.transitions IS 'Verdict -> next state, e.g. {"spec_ok": "specified"}; other verdicts count an attempt';
+COMMENT ON COLUMN damascus.phases.max_attempts IS 'Refused answers (wrong, truncated) in this phase before the ticket fails';
+COMMENT ON COLUMN damascus.phases.max_rejections IS 'A rejected verdict from this phase fails the ticket once its rejections reach this number';
+COMMENT ON COLUMN damascus.phases.max_tokens IS 'max_tokens sent with each request; at least 1, and at least 3000 for refine_spec';
+COMMENT ON COLUMN damascus.phases.model IS 'Model of this phase''s requests; NULL means damascus.llm_model';
+COMMENT ON COLUMN damascus.phases.timeout_s IS 'Seconds one call may take; NULL means damascus.llm_timeout';
+COMMENT ON COLUMN damascus.phases.system_prompt IS 'System prompt sent with every request of the phase';
+COMMENT ON COLUMN damascus.phases.prompt_template IS 'User message: {{id}}, {{title}}, {{body}}, {{outputs.<phase>}}, {{feedback}}, {{attempt}} are filled in';
+COMMENT ON COLUMN damascus.phases.validator IS 'How answers are judged: {"kind": "sections" | "diff" | "verdict_line" | "none", ...}';
+COMMENT ON COLUMN damascus.phases.verdict_prefix IS 'Verdicts are <prefix>_ok, <prefix>_wrong, <prefix>_truncated; NULL means the phase name';
+COMMENT ON COLUMN damascus.phases.enabled IS 'A disabled phase claims nothing';
+COMMENT ON COLUMN damascus.phases.updated_at IS 'When the row was last written';
+COMMENT ON CONSTRAINT phases_one_per_state ON damascus.phases IS
+    'Two enabled phases may not claim the same state; checked at commit so a pipeline can be rearranged in one transaction';
 
 REVOKE ALL ON SCHEMA damascus FROM PUBLIC;
 REVOKE ALL ON ALL TABLES IN SCHEMA damascus FROM PUBLIC;

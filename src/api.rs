@@ -2,8 +2,10 @@
 
 use pgrx::prelude::*;
 
-use crate::core::ticket;
 use crate::error::{DamascusError, OrRaise};
+use crate::store;
+use damascus_core::phase::{self, PhaseDef};
+use damascus_core::ticket;
 
 /// Queues a ticket in state `new` and returns its id.
 #[pg_extern(security_definer, volatile, parallel_unsafe)]
@@ -35,4 +37,175 @@ fn damascus_tick() -> TableIterator<
 > {
     let row = crate::tick::tick().or_raise();
     TableIterator::new(row.map(|r| (r.ticket_id, r.phase, r.verdict, r.state)))
+}
+
+/// Functions in the `damascus` schema (not meant to be called by users directly).
+#[pg_schema]
+mod damascus {
+    use pgrx::prelude::*;
+
+    use crate::error::DamascusError;
+    use damascus_core::phase;
+
+    /// Refuses a phase definition no worker could run; called by the `damascus.phases` trigger.
+    #[pg_extern(immutable, parallel_safe)]
+    fn check_phase(
+        name: &str,
+        kind: &str,
+        max_tokens: i32,
+        prompt_template: &str,
+        validator: pgrx::JsonB,
+        transitions: pgrx::JsonB,
+    ) {
+        if let Err(error) = phase::check(
+            name,
+            kind,
+            max_tokens,
+            prompt_template,
+            &validator.0,
+            &transitions.0,
+        ) {
+            DamascusError::InvalidPhase {
+                name: name.to_string(),
+                error,
+            }
+            .report()
+        }
+    }
+}
+
+fn required_id(ticket_id: Option<i64>) -> i64 {
+    match ticket_id {
+        Some(id) => id,
+        None => DamascusError::NullArgument { name: "ticket_id" }.report(),
+    }
+}
+
+/// Approves a ticket waiting at an approval phase; returns its new state.
+#[pg_extern(security_definer, volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn damascus_approve(ticket_id: Option<i64>, note: default!(Option<&str>, "NULL")) -> String {
+    decide(required_id(ticket_id), phase::APPROVED, note).or_raise()
+}
+
+/// Rejects a ticket waiting at an approval phase; the reasons become its feedback. Returns its new state.
+#[pg_extern(security_definer, volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn damascus_reject(ticket_id: Option<i64>, reasons: Option<&str>) -> String {
+    let id = required_id(ticket_id);
+    let Some(reasons) = reasons.map(str::trim).filter(|r| !r.is_empty()) else {
+        DamascusError::InvalidArgument {
+            message: "damascus_reject: reasons must not be empty".into(),
+            detail:
+                "The reasons are stored as the ticket's feedback for the phase it goes back to."
+                    .into(),
+        }
+        .report()
+    };
+    decide(id, phase::REJECTED, Some(reasons)).or_raise()
+}
+
+/// An approval decision: the same transition rules a worker's verdict follows, applied to the locked ticket.
+fn decide(id: i64, verdict: &str, note: Option<&str>) -> Result<String, DamascusError> {
+    let inputs = store::decision_inputs(id)?.ok_or(DamascusError::UnknownTicket { id })?;
+    let waiting = inputs
+        .phase
+        .filter(|p| p.kind == "approval")
+        .filter(|_| !inputs.claimed);
+    let Some(row) = waiting else {
+        return Err(DamascusError::IllegalMove {
+            message: format!(
+                "damascus: ticket {id} is not waiting for approval (it is {}{})",
+                inputs.input.state,
+                if inputs.claimed { ", claimed" } else { "" }
+            ),
+            detail: "damascus_approve and damascus_reject decide tickets whose state an enabled phase of kind 'approval' claims.".into(),
+            hint: "SELECT name, from_state FROM damascus.phases WHERE kind = 'approval' lists the approval phases.".into(),
+        });
+    };
+    let def = PhaseDef::from_row(row).map_err(|error| DamascusError::InvalidPhase {
+        name: inputs.input.state.clone(),
+        error,
+    })?;
+    let reasons = (verdict == phase::REJECTED).then_some(note).flatten();
+    let mv = def.decide(verdict, &inputs.input, reasons, None);
+    store::record_decision(&store::Decision {
+        ticket_id: id,
+        phase: &def.name,
+        verdict,
+        note,
+        state: &mv.state,
+        attempts: mv.attempts,
+        rejections: mv.rejections,
+        feedback: mv.feedback.as_deref(),
+        last_error: mv.failure.as_deref().or(reasons),
+        attempt: inputs.input.attempts + 1,
+    })
+}
+
+/// Runs a retry, cancel or release; when it changes nothing, says why.
+fn ticket_op(op: store::TicketOp, id: i64) -> Result<String, DamascusError> {
+    if let Some(state) = store::ticket_op(op, id)? {
+        return Ok(state);
+    }
+    let status = store::ticket_status(id)?.ok_or(DamascusError::UnknownTicket { id })?;
+    let (what, detail, hint) = match op {
+        store::TicketOp::Retry => match &status.last_phase {
+            _ if status.state != phase::FAILED => (
+                "retry",
+                "Only a failed ticket can be retried.".to_string(),
+                "damascus_release drops a claim; damascus_cancel stops a ticket.".to_string(),
+            ),
+            Some(p) => (
+                "retry",
+                format!("Its last phase, {p}, no longer exists, so there is no state to go back to."),
+                "UPDATE damascus.tickets SET state = '<a claimed state>', attempts = 0 WHERE id = ... moves it by hand.".to_string(),
+            ),
+            None => (
+                "retry",
+                "It has no cycle, so no phase to go back to.".to_string(),
+                "UPDATE damascus.tickets SET state = 'new', attempts = 0 WHERE id = ... moves it by hand.".to_string(),
+            ),
+        },
+        store::TicketOp::Cancel => (
+            "cancel",
+            "A done or cancelled ticket cannot be cancelled.".to_string(),
+            "Nothing to do: the ticket is already finished.".to_string(),
+        ),
+        store::TicketOp::Release => (
+            "release",
+            "Only a claimed ticket has a claim to drop.".to_string(),
+            "SELECT id, claimed_by, claimed_at FROM damascus.tickets WHERE claim_token IS NOT NULL lists the claims.".to_string(),
+        ),
+    };
+    Err(DamascusError::IllegalMove {
+        message: format!(
+            "damascus: cannot {what} ticket {id} in state {}{}",
+            status.state,
+            if status.claimed { " (claimed)" } else { "" }
+        ),
+        detail,
+        hint,
+    })
+}
+
+/// Sends a failed ticket back to the state its last phase claims; returns that state.
+#[pg_extern(security_definer, volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn damascus_retry(ticket_id: Option<i64>) -> String {
+    ticket_op(store::TicketOp::Retry, required_id(ticket_id)).or_raise()
+}
+
+/// Cancels a ticket; a running cycle's verdict becomes claim_lost. Returns `cancelled`.
+#[pg_extern(security_definer, volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn damascus_cancel(ticket_id: Option<i64>) -> String {
+    ticket_op(store::TicketOp::Cancel, required_id(ticket_id)).or_raise()
+}
+
+/// Drops a ticket's claim now; returns its state.
+#[pg_extern(security_definer, volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn damascus_release(ticket_id: Option<i64>) -> String {
+    ticket_op(store::TicketOp::Release, required_id(ticket_id)).or_raise()
 }

@@ -8,13 +8,12 @@ use pgrx::pg_sys;
 use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
 
-use crate::core::lease;
-use crate::core::phase::{Kind, PhaseDef, Pipeline};
-use crate::core::wire::Anthropic;
-use crate::error::{DamascusError, OrRaise};
+use crate::error::OrRaise;
 use crate::guc;
-use crate::llm::{CallOutcome, InFlight};
 use crate::store::{self, CallFacts, Claim};
+use damascus_core::lease;
+use damascus_core::llm::{CallOutcome, InFlight};
+use damascus_core::phase::{Kind, PhaseDef, TicketInput};
 
 /// What a wait on the latch says the cycle should do next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,26 +45,19 @@ pub struct TickRow {
     pub state: Option<String>,
 }
 
-/// Everything a cycle needs, fixed for its whole length; settings are read on the main thread.
+/// Everything a cycle needs besides its phase, fixed for its whole length; settings are read on the main
+/// thread. Phases are not cached here: the phase transaction reads the row, so a change applies to the next claim.
 pub struct Context {
     pub worker: String,
     pub settings: guc::Snapshot,
-    pub pipeline: Pipeline,
 }
 
 impl Context {
-    pub fn load(worker: String) -> Result<Context, DamascusError> {
-        let settings = guc::snapshot();
-        let pipeline = Pipeline::builtin(settings.refine_spec_max_tokens).map_err(|e| {
-            DamascusError::InvalidPhase {
-                detail: e.to_string(),
-            }
-        })?;
-        Ok(Context {
+    pub fn load(worker: String) -> Context {
+        Context {
             worker,
-            settings,
-            pipeline,
-        })
+            settings: guc::snapshot(),
+        }
     }
 }
 
@@ -108,17 +100,15 @@ fn record_error(
     ctx: &Context,
     claim: &Claim,
     cycle_id: Option<i64>,
-    phase: &str,
     message: &str,
 ) -> Option<String> {
     warning!(
-        "damascus: {}: ticket {} {phase}: {message}",
+        "damascus: {}: ticket {} {}: {message}",
         ctx.worker,
-        claim.ticket_id
+        claim.ticket_id,
+        claim.phase
     );
-    match transaction(|| {
-        store::record_error(claim, cycle_id, phase, &ctx.worker, message).or_raise()
-    }) {
+    match transaction(|| store::record_error(claim, cycle_id, &ctx.worker, message).or_raise()) {
         Ok(state) => state,
         Err(e) => {
             warning!(
@@ -153,70 +143,96 @@ pub enum Begun<'a> {
     Failed(String),
     /// The cycle ended before its call (claim lost, or an ERROR recorded).
     Ended(TickRow),
-    /// The LLM call is in flight; the caller polls it and then finishes the cycle.
-    Calling(Calling<'a>),
+    /// The LLM call is in flight; the caller polls it and then finishes the cycle. Boxed: a driver holding
+    /// many cycles keeps them in a collection, and the other variants are small.
+    Calling(Box<Calling<'a>>),
 }
 
 /// A cycle between its phase and verdict transactions: nothing open in Postgres, one HTTP call in flight.
 /// A worker loop may hold several of these and poll each.
 pub struct Calling<'a> {
     ctx: &'a Context,
-    phase: &'a PhaseDef,
+    phase: PhaseDef,
+    input: TicketInput,
     claim: Claim,
     cycle_id: i64,
-    llm_errors: u32,
+    model: String,
+    prompt_sha256: String,
     call: InFlight,
     last_beat: Instant,
 }
 
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// Claim and phase transactions, then starts the LLM call with no transaction open.
 pub fn begin(ctx: &Context) -> Begun<'_> {
-    let states = ctx.pipeline.input_states();
     let claim = match transaction(|| {
-        store::claim(&states, ctx.settings.stale_claim_minutes, &ctx.worker).or_raise()
+        store::claim(ctx.settings.stale_claim_minutes, &ctx.worker).or_raise()
     }) {
         Ok(Some(c)) => c,
         Ok(None) => return Begun::Idle,
         Err(e) => return Begun::Failed(format!("claim failed: {e}")),
     };
-    let Some(phase) = ctx.pipeline.for_state(&claim.state) else {
-        // The claim query only selects input states, so this means the pipeline changed under us.
-        let msg = format!("no phase takes state {}", claim.state);
-        let state = record_error(ctx, &claim, None, "none", &msg);
-        return Begun::Ended(row(&claim, "none", Kind::Error.generic_name(), state));
+    let start = match transaction(|| store::begin_phase(&claim, &ctx.worker).or_raise()) {
+        Ok(Some(s)) => s,
+        Ok(None) => {
+            return Begun::Ended(row(&claim, Kind::ClaimLost.generic_name(), None));
+        }
+        Err(e) => {
+            let state = record_error(ctx, &claim, None, &e);
+            return Begun::Ended(row(&claim, Kind::Error.generic_name(), state));
+        }
     };
-    let start =
-        match transaction(|| store::begin_phase(&claim, &phase.name, &ctx.worker).or_raise()) {
-            Ok(Some(s)) => s,
-            Ok(None) => {
-                return Begun::Ended(row(
-                    &claim,
-                    &phase.name,
-                    Kind::ClaimLost.generic_name(),
-                    None,
-                ));
-            }
-            Err(e) => {
-                let state = record_error(ctx, &claim, None, &phase.name, &e);
-                return Begun::Ended(row(&claim, &phase.name, Kind::Error.generic_name(), state));
-            }
-        };
+    let Some(phase_row) = start.phase else {
+        // The pipeline changed between claim and phase: give the ticket back at once, so the next claim
+        // picks whatever phase claims its state now.
+        let state = release(
+            ctx,
+            &claim,
+            Some(start.cycle_id),
+            &format!(
+                "phase {} was changed or removed after the claim; the ticket was released",
+                claim.phase
+            ),
+        );
+        return Begun::Ended(row(&claim, Kind::Interrupted.generic_name(), state));
+    };
+    let phase = match PhaseDef::from_row(phase_row) {
+        Ok(p) => p,
+        Err(e) => {
+            let state = record_error(ctx, &claim, Some(start.cycle_id), &e.to_string());
+            return Begun::Ended(row(&claim, Kind::Error.generic_name(), state));
+        }
+    };
     debug_assert!(!unsafe { pg_sys::IsTransactionState() });
-    let call = InFlight::start(
-        &Anthropic,
-        &ctx.settings.llm,
-        &phase.prompt(&start.input),
-        true,
-    );
-    Begun::Calling(Calling {
+    let mut cfg = ctx.settings.llm.clone();
+    if let Some(model) = &phase.model {
+        cfg.model = model.clone();
+    }
+    if let Some(timeout) = phase.timeout {
+        cfg.timeout = timeout;
+    }
+    let prompt = phase.prompt(&start.input);
+    let codec = ctx.settings.provider.codec();
+    let prompt_sha256 = sha256_hex(codec.build(&cfg, &prompt).body.as_bytes());
+    let call = InFlight::start(codec, &cfg, &prompt, true);
+    Begun::Calling(Box::new(Calling {
         ctx,
         phase,
+        input: start.input,
         claim,
         cycle_id: start.cycle_id,
-        llm_errors: start.llm_errors.max(0) as u32,
+        model: cfg.model,
+        prompt_sha256,
         call,
         last_beat: Instant::now(),
-    })
+    }))
 }
 
 impl<'a> Calling<'a> {
@@ -230,12 +246,14 @@ impl<'a> Calling<'a> {
         let Calling {
             ctx,
             phase,
+            input,
             claim,
             cycle_id,
-            llm_errors,
+            model,
+            prompt_sha256,
             ..
         } = self;
-        let judgement = phase.judge(claim.ticket_id, llm_errors, &outcome.result);
+        let judgement = phase.judge(&input, &outcome.result);
         let (http_status, completion) = match &outcome.result {
             Ok(c) => (Some(200), Some(c)),
             Err(e) => (e.http_status().map(i32::from), None),
@@ -246,14 +264,18 @@ impl<'a> Calling<'a> {
             input_tokens: completion.and_then(|c| c.input_tokens).map(clamp_i32),
             output_tokens: completion.and_then(|c| c.output_tokens).map(clamp_i32),
             llm_ms: clamp_i32(outcome.elapsed.as_millis() as i64),
+            provider: ctx.settings.provider.name().to_string(),
+            model,
+            prompt_sha256,
+            // Postgres text cannot hold NUL; the answer is kept with it replaced so it can still be read.
+            answer: completion.map(|c| c.text.replace('\0', "\u{fffd}")),
         };
-        match transaction(|| {
-            store::apply_verdict(&claim, cycle_id, phase, &judgement, &facts).or_raise()
-        }) {
-            Ok(v) => row(&claim, &phase.name, &v.verdict, v.state),
+        match transaction(|| store::apply_verdict(&claim, cycle_id, &judgement, &facts).or_raise())
+        {
+            Ok(v) => row(&claim, &v.verdict, v.state),
             Err(e) => {
-                let state = record_error(ctx, &claim, Some(cycle_id), &phase.name, &e);
-                row(&claim, &phase.name, Kind::Error.generic_name(), state)
+                let state = record_error(ctx, &claim, Some(cycle_id), &e);
+                row(&claim, Kind::Error.generic_name(), state)
             }
         }
     }
@@ -281,22 +303,21 @@ impl<'a> Calling<'a> {
     }
 
     /// Interrupts the call; what is left is what the closing transaction needs.
-    fn stop_call(self) -> (&'a Context, &'a PhaseDef, Claim, i64) {
+    fn stop_call(self) -> (&'a Context, Claim, i64) {
         let Calling {
             ctx,
-            phase,
             claim,
             cycle_id,
             call,
             ..
         } = self;
         call.cancel();
-        (ctx, phase, claim, cycle_id)
+        (ctx, claim, cycle_id)
     }
 
     /// Stops the call of a claim that was superseded and closes its cycle row as claim_lost.
     pub fn lost(self) -> TickRow {
-        let (ctx, phase, claim, cycle_id) = self.stop_call();
+        let (ctx, claim, cycle_id) = self.stop_call();
         let detail = format!(
             "claim token {} was superseded during the LLM call; the call was stopped",
             claim.token
@@ -307,14 +328,14 @@ impl<'a> Calling<'a> {
                 ctx.worker
             );
         }
-        row(&claim, &phase.name, Kind::ClaimLost.generic_name(), None)
+        row(&claim, Kind::ClaimLost.generic_name(), None)
     }
 
     /// Interrupts the call and gives the claim back at once.
     pub fn abandon(self, why: &str) -> TickRow {
-        let (ctx, phase, claim, cycle_id) = self.stop_call();
+        let (ctx, claim, cycle_id) = self.stop_call();
         let state = release(ctx, &claim, Some(cycle_id), why);
-        row(&claim, &phase.name, Kind::Interrupted.generic_name(), state)
+        row(&claim, Kind::Interrupted.generic_name(), state)
     }
 }
 
@@ -351,10 +372,10 @@ fn clamp_i32(v: i64) -> i32 {
     v.clamp(0, i32::MAX as i64) as i32
 }
 
-fn row(claim: &Claim, phase: &str, verdict: &str, state: Option<String>) -> TickRow {
+fn row(claim: &Claim, verdict: &str, state: Option<String>) -> TickRow {
     TickRow {
         ticket_id: claim.ticket_id,
-        phase: phase.to_string(),
+        phase: claim.phase.clone(),
         verdict: verdict.to_string(),
         state,
     }

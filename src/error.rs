@@ -4,7 +4,8 @@ use pgrx::PgSqlErrorCode;
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::PgLogLevel;
 
-use crate::core::ticket::SubmitError;
+use damascus_core::phase::PhaseError;
+use damascus_core::ticket::SubmitError;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DamascusError {
@@ -26,8 +27,23 @@ pub enum DamascusError {
         detail: String,
     },
     /// A phase definition was refused (e.g. a token cap below its floor).
-    InvalidPhase { detail: String },
+    InvalidPhase { name: String, error: PhaseError },
+    /// A ticket id that names no ticket.
+    UnknownTicket { id: i64 },
+    /// A ticket operation that the ticket's state does not allow.
+    IllegalMove {
+        message: String,
+        detail: String,
+        hint: String,
+    },
+    /// The library is newer than the extension's objects in this database.
+    SchemaOutdated { installed: String },
+    /// The extension is not created in this database.
+    ExtensionMissing,
 }
+
+/// The version of the SQL objects this library expects.
+pub const SCHEMA_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 impl From<SubmitError> for DamascusError {
     fn from(e: SubmitError) -> Self {
@@ -56,6 +72,11 @@ impl DamascusError {
             DamascusError::PostmasterDied => PgSqlErrorCode::ERRCODE_ADMIN_SHUTDOWN,
             DamascusError::Spi { .. } => PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
             DamascusError::InvalidPhase { .. } => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            DamascusError::UnknownTicket { .. } => PgSqlErrorCode::ERRCODE_NO_DATA_FOUND,
+            DamascusError::IllegalMove { .. } | DamascusError::SchemaOutdated { .. } => {
+                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
+            }
+            DamascusError::ExtensionMissing => PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
         }
     }
 
@@ -74,7 +95,17 @@ impl DamascusError {
             DamascusError::Spi { statement, .. } => {
                 format!("damascus: statement {statement} failed")
             }
-            DamascusError::InvalidPhase { .. } => "damascus: invalid phase definition".into(),
+            DamascusError::InvalidPhase { name, error } => {
+                format!("damascus: invalid definition of phase {name}: {error}")
+            }
+            DamascusError::UnknownTicket { id } => format!("damascus: ticket {id} does not exist"),
+            DamascusError::IllegalMove { message, .. } => message.clone(),
+            DamascusError::SchemaOutdated { installed } => format!(
+                "damascus: the extension in this database is version {installed}, the library is {SCHEMA_VERSION}"
+            ),
+            DamascusError::ExtensionMissing => {
+                "damascus: the extension is not created in this database".into()
+            }
         }
     }
 
@@ -84,13 +115,22 @@ impl DamascusError {
             | DamascusError::TickWorkerLost { detail }
             | DamascusError::TickFailed { detail }
             | DamascusError::Spi { detail, .. }
-            | DamascusError::InvalidPhase { detail } => Some(detail.clone()),
+            | DamascusError::IllegalMove { detail, .. } => Some(detail.clone()),
+            DamascusError::InvalidPhase { .. } => Some(
+                "The phases table is unchanged; no worker could run this definition.".into(),
+            ),
+            DamascusError::SchemaOutdated { .. } => Some(
+                "The server loads the new damascus library, but this database still has the old tables and functions.".into(),
+            ),
             DamascusError::NoWorkerSlot {
                 max_worker_processes,
             } => Some(format!(
                 "Every one of max_worker_processes ({max_worker_processes}) background worker slots is in use."
             )),
-            DamascusError::PostmasterDied | DamascusError::NullArgument { .. } => None,
+            DamascusError::PostmasterDied
+            | DamascusError::NullArgument { .. }
+            | DamascusError::UnknownTicket { .. }
+            | DamascusError::ExtensionMissing => None,
         }
     }
 
@@ -102,9 +142,12 @@ impl DamascusError {
             DamascusError::TickWorkerLost { .. } => {
                 Some("The server log has the worker's last messages. The ticket's claim, if any, expires after damascus.stale_claim_minutes.".into())
             }
-            DamascusError::InvalidPhase { .. } => {
-                Some("damascus.refine_spec_max_tokens may not be below 3000.".into())
+            DamascusError::InvalidPhase { error, .. } => Some(error.hint()),
+            DamascusError::IllegalMove { hint, .. } => Some(hint.clone()),
+            DamascusError::SchemaOutdated { .. } => {
+                Some("Run ALTER EXTENSION damascus UPDATE in this database.".into())
             }
+            DamascusError::ExtensionMissing => Some("Run CREATE EXTENSION damascus.".into()),
             _ => None,
         }
     }

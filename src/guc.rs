@@ -2,7 +2,18 @@
 
 use std::ffi::CString;
 
-use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
+use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting, PostgresGucEnum};
+
+use damascus_core::wire::Provider;
+
+/// The wire formats `damascus.llm_provider` accepts; Postgres refuses any other value when it is set.
+#[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ProviderSetting {
+    #[name = c"anthropic"]
+    Anthropic,
+    #[name = c"openai"]
+    Openai,
+}
 
 /// Database the static workers connect to. Postmaster context: workers connect once at start.
 pub static DATABASE: GucSetting<Option<CString>> =
@@ -17,23 +28,23 @@ pub static NAPTIME_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
 /// Minutes after which a claim counts as abandoned and the ticket is claimable again.
 pub static STALE_CLAIM_MINUTES: GucSetting<i32> = GucSetting::<i32>::new(30);
 
-/// Base URL of the LLM endpoint; the Anthropic Messages path is appended.
+/// Which wire format the LLM endpoint speaks.
+pub static LLM_PROVIDER: GucSetting<ProviderSetting> =
+    GucSetting::<ProviderSetting>::new(ProviderSetting::Anthropic);
+
+/// Base URL of the LLM endpoint; the provider's path (/v1/messages or /v1/chat/completions) is appended.
 pub static LLM_URL: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"https://api.anthropic.com"));
 
-/// Model name sent with each request.
+/// Model name sent with each request whose phase names none.
 pub static LLM_MODEL: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"claude-sonnet-4-5"));
 
-/// API key sent as `x-api-key`; superuser-only and hidden, because it is a secret.
+/// API key (`x-api-key` for Anthropic, `Authorization: Bearer` for OpenAI); superuser-only and hidden, because it is a secret.
 pub static LLM_API_KEY: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
-/// Seconds one LLM call may take, connect to last byte.
+/// Seconds one LLM call may take, connect to last byte, when its phase sets no timeout_s.
 pub static LLM_TIMEOUT_S: GucSetting<i32> = GucSetting::<i32>::new(300);
-
-/// Output token cap for refine_spec. The floor of 3000 exists because a 1500 cap cut specs short.
-pub static REFINE_SPEC_MAX_TOKENS: GucSetting<i32> =
-    GucSetting::<i32>::new(crate::core::phase::REFINE_SPEC_DEFAULT_MAX_TOKENS as i32);
 
 /// Registers the settings; called from `_PG_init` in every process that loads the library.
 pub fn init() {
@@ -75,17 +86,25 @@ pub fn init() {
         GucContext::Sighup,
         GucFlags::UNIT_MIN,
     );
+    GucRegistry::define_enum_guc(
+        c"damascus.llm_provider",
+        c"Wire format of the LLM API: anthropic (Messages) or openai (Chat Completions).",
+        c"openai is what vLLM, llama.cpp's server, Ollama and most gateways speak.",
+        &LLM_PROVIDER,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
     GucRegistry::define_string_guc(
         c"damascus.llm_url",
-        c"Base URL of the LLM API (Anthropic Messages wire format).",
-        c"Requests go to <llm_url>/v1/messages.",
+        c"Base URL of the LLM API.",
+        c"Requests go to <llm_url>/v1/messages (anthropic) or <llm_url>/v1/chat/completions (openai).",
         &LLM_URL,
         GucContext::Sighup,
         GucFlags::default(),
     );
     GucRegistry::define_string_guc(
         c"damascus.llm_model",
-        c"Model name sent to the LLM API.",
+        c"Model name sent to the LLM API when the phase's model column is NULL.",
         c"",
         &LLM_MODEL,
         GucContext::Sighup,
@@ -93,7 +112,7 @@ pub fn init() {
     );
     GucRegistry::define_string_guc(
         c"damascus.llm_api_key",
-        c"API key for the LLM API; when unset, the server's ANTHROPIC_API_KEY environment variable is used.",
+        c"API key for the LLM API; when unset, the server's ANTHROPIC_API_KEY or OPENAI_API_KEY environment variable is used.",
         c"",
         &LLM_API_KEY,
         GucContext::Sighup,
@@ -101,7 +120,7 @@ pub fn init() {
     );
     GucRegistry::define_int_guc(
         c"damascus.llm_timeout",
-        c"Longest time one LLM call may take.",
+        c"Longest time one LLM call may take when its phase's timeout_s is NULL.",
         c"",
         &LLM_TIMEOUT_S,
         1,
@@ -109,16 +128,7 @@ pub fn init() {
         GucContext::Sighup,
         GucFlags::UNIT_S,
     );
-    GucRegistry::define_int_guc(
-        c"damascus.refine_spec_max_tokens",
-        c"max_tokens sent with refine_spec requests.",
-        c"Never below 3000: a smaller cap truncates a six-section spec.",
-        &REFINE_SPEC_MAX_TOKENS,
-        crate::core::phase::REFINE_SPEC_MIN_MAX_TOKENS as i32,
-        128_000,
-        GucContext::Sighup,
-        GucFlags::default(),
-    );
+    // SAFETY: called from _PG_init on the main thread, with a static NUL-terminated prefix.
     unsafe { pgrx::pg_sys::MarkGUCPrefixReserved(c"damascus".as_ptr()) };
 }
 
@@ -134,27 +144,28 @@ fn string(setting: &GucSetting<Option<CString>>) -> Option<String> {
 pub struct Snapshot {
     pub naptime_ms: u64,
     pub stale_claim_minutes: i32,
-    pub llm: crate::core::wire::LlmConfig,
-    pub refine_spec_max_tokens: u32,
+    pub provider: Provider,
+    pub llm: damascus_core::wire::LlmConfig,
 }
 
 /// Reads every runtime setting once; the API key falls back to the server's environment.
 pub fn snapshot() -> Snapshot {
-    let api_key = string(&LLM_API_KEY).or_else(|| {
-        std::env::var("ANTHROPIC_API_KEY")
-            .ok()
-            .filter(|k| !k.is_empty())
-    });
+    let (provider, env_key) = match LLM_PROVIDER.get() {
+        ProviderSetting::Anthropic => (Provider::Anthropic, "ANTHROPIC_API_KEY"),
+        ProviderSetting::Openai => (Provider::OpenAi, "OPENAI_API_KEY"),
+    };
+    let api_key =
+        string(&LLM_API_KEY).or_else(|| std::env::var(env_key).ok().filter(|k| !k.is_empty()));
     Snapshot {
         naptime_ms: NAPTIME_MS.get().max(10) as u64,
         stale_claim_minutes: STALE_CLAIM_MINUTES.get(),
-        llm: crate::core::wire::LlmConfig {
+        provider,
+        llm: damascus_core::wire::LlmConfig {
             base_url: string(&LLM_URL).unwrap_or_default(),
             model: string(&LLM_MODEL).unwrap_or_default(),
             api_key,
             timeout: std::time::Duration::from_secs(LLM_TIMEOUT_S.get().max(1) as u64),
         },
-        refine_spec_max_tokens: REFINE_SPEC_MAX_TOKENS.get().max(0) as u32,
     }
 }
 

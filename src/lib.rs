@@ -5,11 +5,9 @@ use pgrx::prelude::*;
 pgrx::pg_module_magic!(name, version);
 
 pub mod api;
-pub mod core;
 pub mod cycle;
 pub mod error;
 pub mod guc;
-pub mod llm;
 pub mod store;
 pub mod tick;
 pub mod worker;
@@ -71,8 +69,14 @@ mod tests {
                  AND c.relkind IN ('r', 'S', 'i', 'v') AND c.relname NOT LIKE '%_pkey'
                  AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = c.oid AND d.deptype = 'i')
                UNION ALL
-               SELECT p.proname FROM pg_proc p
-               WHERE p.proname LIKE 'damascus\\_%' AND obj_description(p.oid, 'pg_proc') IS NULL
+               SELECT p.oid::regprocedure::text FROM pg_proc p
+               JOIN pg_depend d ON d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e'
+               JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'damascus'
+               WHERE obj_description(p.oid, 'pg_proc') IS NULL
+               UNION ALL
+               SELECT format('%s on %s', t.tgname, t.tgrelid::regclass) FROM pg_trigger t
+               JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+               WHERE n.nspname = 'damascus' AND NOT t.tgisinternal AND obj_description(t.oid, 'pg_trigger') IS NULL
              ) gaps",
         )
         .unwrap();
@@ -81,12 +85,25 @@ mod tests {
 
     #[pg_test]
     fn the_sql_functions_are_not_granted_to_public() {
-        let public = Spi::get_one::<bool>(
-            "SELECT bool_or(has_function_privilege('public', p.oid, 'EXECUTE'))
-             FROM pg_proc p WHERE p.proname IN ('damascus_submit', 'damascus_tick')",
+        // Every function of the extension, whatever its schema, so a new one cannot be forgotten.
+        let granted = Spi::get_one::<String>(
+            "SELECT string_agg(p.oid::regprocedure::text, ', ')
+             FROM pg_proc p
+             JOIN pg_depend d ON d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e'
+             JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'damascus'
+             WHERE has_function_privilege('public', p.oid, 'EXECUTE')",
         )
         .unwrap();
-        assert_eq!(public, Some(false));
+        assert_eq!(granted, None, "functions PUBLIC may execute");
+        let count = Spi::get_one::<i64>(
+            "SELECT count(*) FROM pg_depend d JOIN pg_extension e ON e.oid = d.refobjid
+             WHERE e.extname = 'damascus' AND d.classid = 'pg_proc'::regclass AND d.deptype = 'e'",
+        )
+        .unwrap();
+        assert!(
+            count.unwrap_or(0) >= 10,
+            "the check saw the functions: {count:?}"
+        );
     }
 
     #[pg_test(error = "invalid ticket: title is empty")]

@@ -4,9 +4,11 @@ use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::spi::SpiTupleTable;
 
-use crate::core::phase::{Effect, Judgement, TicketInput};
-use crate::core::ticket::NewTicket;
+use pgrx::JsonB;
+
 use crate::error::DamascusError;
+use damascus_core::phase::{Effect, Judgement, PhaseRow, TicketInput};
+use damascus_core::ticket::NewTicket;
 
 const INSERT_TICKET: &str = include_str!("../sql/runtime/insert_ticket.sql");
 const CLAIM: &str = include_str!("../sql/runtime/claim.sql");
@@ -17,25 +19,33 @@ const RELEASE_CLAIM: &str = include_str!("../sql/runtime/release_claim.sql");
 const EXTENSION_READY: &str = include_str!("../sql/runtime/extension_ready.sql");
 const HEARTBEAT: &str = include_str!("../sql/runtime/heartbeat.sql");
 const CLAIM_LOST: &str = include_str!("../sql/runtime/claim_lost.sql");
+const DECISION_INPUTS: &str = include_str!("../sql/runtime/decision_inputs.sql");
+const RECORD_DECISION: &str = include_str!("../sql/runtime/record_decision.sql");
+const RETRY_TICKET: &str = include_str!("../sql/runtime/retry_ticket.sql");
+const CANCEL_TICKET: &str = include_str!("../sql/runtime/cancel_ticket.sql");
+const RELEASE_TICKET: &str = include_str!("../sql/runtime/release_ticket.sql");
+const TICKET_STATUS: &str = include_str!("../sql/runtime/ticket_status.sql");
 
-/// A committed claim on one ticket.
+/// A committed claim on one ticket, for the phase that claims its state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claim {
     pub ticket_id: i64,
     pub state: String,
+    pub phase: String,
     pub token: i64,
     pub claim_xid: i64,
 }
 
 /// What the phase transaction recorded and read.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PhaseStart {
     pub cycle_id: i64,
     pub input: TicketInput,
-    pub llm_errors: i32,
+    /// The phase row as it is now; `None` when it was changed or removed since the claim.
+    pub phase: Option<PhaseRow>,
 }
 
-/// Measurements of the call, stored on the cycle row.
+/// Measurements and evidence of the call, stored on the cycle row.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CallFacts {
     pub http_status: Option<i32>,
@@ -43,6 +53,10 @@ pub struct CallFacts {
     pub input_tokens: Option<i32>,
     pub output_tokens: Option<i32>,
     pub llm_ms: i32,
+    pub provider: String,
+    pub model: String,
+    pub prompt_sha256: String,
+    pub answer: Option<String>,
 }
 
 /// Where the verdict left the ticket.
@@ -50,6 +64,22 @@ pub struct CallFacts {
 pub struct VerdictOutcome {
     pub state: Option<String>,
     pub verdict: String,
+}
+
+/// A ticket as an approval decision sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecisionInputs {
+    pub input: TicketInput,
+    pub phase: Option<PhaseRow>,
+    pub claimed: bool,
+}
+
+/// Why a ticket operation changed nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TicketStatus {
+    pub state: String,
+    pub claimed: bool,
+    pub last_phase: Option<String>,
 }
 
 /// Why a statement's result could not be read.
@@ -106,26 +136,22 @@ pub fn insert_ticket(t: &NewTicket) -> Result<i64, DamascusError> {
     )
 }
 
-pub fn extension_ready() -> Result<bool, DamascusError> {
+/// The version of the extension created in this database, `None` when it is not created.
+pub fn extension_version() -> Result<Option<String>, DamascusError> {
     run("extension_ready", EXTENSION_READY, &[], |table| {
-        Ok(table.first().get::<bool>(1)?.unwrap_or(false))
+        if table.is_empty() {
+            return Ok(None);
+        }
+        Ok(table.first().get::<String>(1)?)
     })
 }
 
 /// Claim transaction body. `None` when nothing is claimable.
-pub fn claim(
-    states: &[String],
-    stale_minutes: i32,
-    worker: &str,
-) -> Result<Option<Claim>, DamascusError> {
+pub fn claim(stale_minutes: i32, worker: &str) -> Result<Option<Claim>, DamascusError> {
     run(
         "claim",
         CLAIM,
-        &[
-            states.to_vec().into(),
-            stale_minutes.into(),
-            worker.to_string().into(),
-        ],
+        &[stale_minutes.into(), worker.to_string().into()],
         |table| {
             if table.is_empty() {
                 return Ok(None);
@@ -134,26 +160,60 @@ pub fn claim(
             Ok(Some(Claim {
                 ticket_id: required(&row, 1, "ticket id")?,
                 state: required(&row, 2, "state")?,
-                token: required(&row, 3, "claim token")?,
-                claim_xid: required(&row, 4, "claim xid")?,
+                phase: required(&row, 3, "phase")?,
+                token: required(&row, 4, "claim token")?,
+                claim_xid: required(&row, 5, "claim xid")?,
             }))
         },
     )
 }
 
+/// Reads the ticket and phase columns that begin_phase.sql and decision_inputs.sql share.
+fn ticket_and_phase(
+    row: &SpiTupleTable,
+    ticket_id: i64,
+) -> ReadResult<(TicketInput, Option<PhaseRow>)> {
+    let input = TicketInput {
+        id: ticket_id,
+        state: required(row, 2, "state")?,
+        title: required(row, 3, "title")?,
+        body: required(row, 4, "body")?,
+        outputs: required::<JsonB>(row, 5, "outputs")?.0,
+        feedback: row.get::<String>(6)?,
+        attempts: required(row, 7, "attempts")?,
+        rejections: required(row, 8, "rejections")?,
+        llm_errors: required(row, 9, "llm_errors")?,
+    };
+    let Some(name) = row.get::<String>(10)? else {
+        return Ok((input, None));
+    };
+    let phase = PhaseRow {
+        name,
+        kind: required(row, 11, "kind")?,
+        from_state: required(row, 12, "from_state")?,
+        transitions: required::<JsonB>(row, 13, "transitions")?.0,
+        max_attempts: required(row, 14, "max_attempts")?,
+        max_rejections: required(row, 15, "max_rejections")?,
+        max_tokens: required(row, 16, "max_tokens")?,
+        model: row.get::<String>(17)?,
+        timeout_s: row.get::<i32>(18)?,
+        system_prompt: required(row, 19, "system_prompt")?,
+        prompt_template: required(row, 20, "prompt_template")?,
+        validator: required::<JsonB>(row, 21, "validator")?.0,
+        verdict_prefix: row.get::<String>(22)?,
+    };
+    Ok((input, Some(phase)))
+}
+
 /// Phase transaction body. `None` when the claim was already superseded.
-pub fn begin_phase(
-    claim: &Claim,
-    phase: &str,
-    worker: &str,
-) -> Result<Option<PhaseStart>, DamascusError> {
+pub fn begin_phase(claim: &Claim, worker: &str) -> Result<Option<PhaseStart>, DamascusError> {
     run(
         "begin_phase",
         BEGIN_PHASE,
         &[
             claim.ticket_id.into(),
             claim.token.into(),
-            phase.to_string().into(),
+            claim.phase.clone().into(),
             worker.to_string().into(),
             claim.claim_xid.into(),
         ],
@@ -162,15 +222,11 @@ pub fn begin_phase(
                 return Ok(None);
             }
             let row = table.first();
+            let (input, phase) = ticket_and_phase(&row, claim.ticket_id)?;
             Ok(Some(PhaseStart {
                 cycle_id: required(&row, 1, "cycle id")?,
-                input: TicketInput {
-                    id: claim.ticket_id,
-                    title: required(&row, 2, "title")?,
-                    body: required(&row, 3, "body")?,
-                    attempts: required(&row, 4, "attempts")?,
-                },
-                llm_errors: required(&row, 5, "llm_errors")?,
+                input,
+                phase,
             }))
         },
     )
@@ -180,14 +236,31 @@ pub fn begin_phase(
 pub fn apply_verdict(
     claim: &Claim,
     cycle_id: i64,
-    phase: &crate::core::phase::PhaseDef,
     judgement: &Judgement,
     facts: &CallFacts,
 ) -> Result<VerdictOutcome, DamascusError> {
-    let (output, delay) = match &judgement.effect {
-        Effect::Accept { output } => (Some(output.clone()), 0.0),
-        Effect::Reject => (None, 0.0),
-        Effect::Retry { delay } => (None, delay.as_secs_f64()),
+    let (retry, state, attempts, rejections, feedback, key, output, delay) = match &judgement.effect
+    {
+        Effect::Move(m) => (
+            false,
+            Some(m.state.clone()),
+            Some(m.attempts),
+            Some(m.rejections),
+            m.feedback.clone(),
+            m.output.as_ref().map(|_| claim.phase.clone()),
+            m.output.clone(),
+            0.0,
+        ),
+        Effect::Retry { delay } => (
+            true,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            delay.as_secs_f64(),
+        ),
     };
     run(
         "apply_verdict",
@@ -195,20 +268,26 @@ pub fn apply_verdict(
         &[
             claim.ticket_id.into(),
             claim.token.into(),
-            judgement.effect.tag().to_string().into(),
-            phase.name.clone().into(),
-            output.into(),
-            phase.accept_state.clone().into(),
-            phase.failed_state.clone().into(),
-            delay.into(),
+            cycle_id.into(),
             judgement.verdict.clone().into(),
             judgement.detail.clone().into(),
-            cycle_id.into(),
+            retry.into(),
+            state.into(),
+            attempts.into(),
+            rejections.into(),
+            feedback.into(),
+            key.into(),
+            output.into(),
+            delay.into(),
             facts.http_status.into(),
             facts.stop_reason.clone().into(),
             facts.input_tokens.into(),
             facts.output_tokens.into(),
             facts.llm_ms.into(),
+            facts.provider.clone().into(),
+            facts.model.clone().into(),
+            facts.prompt_sha256.clone().into(),
+            facts.answer.clone().into(),
         ],
         |table| {
             let row = table.first();
@@ -224,7 +303,6 @@ pub fn apply_verdict(
 pub fn record_error(
     claim: &Claim,
     cycle_id: Option<i64>,
-    phase: &str,
     worker: &str,
     message: &str,
 ) -> Result<Option<String>, DamascusError> {
@@ -235,7 +313,7 @@ pub fn record_error(
             claim.ticket_id.into(),
             claim.token.into(),
             cycle_id.into(),
-            phase.to_string().into(),
+            claim.phase.clone().into(),
             worker.to_string().into(),
             claim.claim_xid.into(),
             message.to_string().into(),
@@ -280,5 +358,104 @@ pub fn record_claim_lost(cycle_id: i64, detail: &str) -> Result<(), DamascusErro
         CLAIM_LOST,
         &[cycle_id.into(), detail.to_string().into()],
         |_| Ok(()),
+    )
+}
+
+/// Locks a ticket and reads it with the enabled phase that claims its state. `None`: no such ticket.
+pub fn decision_inputs(ticket_id: i64) -> Result<Option<DecisionInputs>, DamascusError> {
+    run(
+        "decision_inputs",
+        DECISION_INPUTS,
+        &[ticket_id.into()],
+        |table| {
+            if table.is_empty() {
+                return Ok(None);
+            }
+            let row = table.first();
+            let (input, phase) = ticket_and_phase(&row, ticket_id)?;
+            Ok(Some(DecisionInputs {
+                input,
+                phase,
+                claimed: required(&row, 23, "claimed")?,
+            }))
+        },
+    )
+}
+
+/// An approval decision as the phase's rules decided it.
+pub struct Decision<'a> {
+    pub ticket_id: i64,
+    pub phase: &'a str,
+    pub verdict: &'a str,
+    pub note: Option<&'a str>,
+    pub state: &'a str,
+    pub attempts: i32,
+    pub rejections: i32,
+    pub feedback: Option<&'a str>,
+    pub last_error: Option<&'a str>,
+    pub attempt: i32,
+}
+
+/// Applies an approval decision and records its cycle row; returns the new state.
+pub fn record_decision(d: &Decision) -> Result<String, DamascusError> {
+    run(
+        "record_decision",
+        RECORD_DECISION,
+        &[
+            d.ticket_id.into(),
+            d.phase.to_string().into(),
+            d.verdict.to_string().into(),
+            d.note.map(str::to_string).into(),
+            d.state.to_string().into(),
+            d.attempts.into(),
+            d.rejections.into(),
+            d.feedback.map(str::to_string).into(),
+            d.last_error.map(str::to_string).into(),
+            d.attempt.into(),
+        ],
+        |table| required(&table.first(), 1, "state"),
+    )
+}
+
+/// The ticket operations that are one fenced UPDATE each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TicketOp {
+    Retry,
+    Cancel,
+    Release,
+}
+
+/// Runs a ticket operation; `None` when it changed nothing (see `ticket_status` for why).
+pub fn ticket_op(op: TicketOp, ticket_id: i64) -> Result<Option<String>, DamascusError> {
+    let (name, sql) = match op {
+        TicketOp::Retry => ("retry_ticket", RETRY_TICKET),
+        TicketOp::Cancel => ("cancel_ticket", CANCEL_TICKET),
+        TicketOp::Release => ("release_ticket", RELEASE_TICKET),
+    };
+    run(name, sql, &[ticket_id.into()], |table| {
+        if table.is_empty() {
+            return Ok(None);
+        }
+        Ok(table.first().get::<String>(1)?)
+    })
+}
+
+/// A ticket's state, claim and last phase; `None` when there is no such ticket.
+pub fn ticket_status(ticket_id: i64) -> Result<Option<TicketStatus>, DamascusError> {
+    run(
+        "ticket_status",
+        TICKET_STATUS,
+        &[ticket_id.into()],
+        |table| {
+            if table.is_empty() {
+                return Ok(None);
+            }
+            let row = table.first();
+            Ok(Some(TicketStatus {
+                state: required(&row, 1, "state")?,
+                claimed: required(&row, 2, "claimed")?,
+                last_phase: row.get::<String>(3)?,
+            }))
+        },
     )
 }

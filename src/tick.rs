@@ -6,7 +6,7 @@ use pgrx::bgworkers::BackgroundWorkerBuilder;
 use pgrx::pg_sys;
 
 use crate::cycle::{CycleEnd, TickRow};
-use crate::error::DamascusError;
+use crate::error::{DamascusError, SCHEMA_VERSION};
 
 const STATUS_PENDING: u32 = 0;
 const STATUS_IDLE: u32 = 1;
@@ -107,6 +107,15 @@ impl Drop for TerminateOnDrop {
 
 /// Runs one cycle in a fresh background worker and waits for it.
 pub fn tick() -> Result<Option<TickRow>, DamascusError> {
+    // A library newer than the schema (installed, server restarted, ALTER EXTENSION not yet run) would run
+    // its statements against tables that lack their columns: refuse at once and say what to run.
+    match crate::store::extension_version()? {
+        None => return Err(DamascusError::ExtensionMissing),
+        Some(v) if v != SCHEMA_VERSION => {
+            return Err(DamascusError::SchemaOutdated { installed: v });
+        }
+        Some(_) => {}
+    }
     let seg = unsafe { pg_sys::dsm_create(std::mem::size_of::<TickSlot>(), 0) };
     let slot = unsafe { pg_sys::dsm_segment_address(seg) } as *mut TickSlot;
     unsafe {

@@ -9,7 +9,7 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 use crate::cycle::{self, Context, CycleEnd, Wake};
-use crate::error::OrRaise;
+use crate::error::{OrRaise, SCHEMA_VERSION};
 use crate::guc;
 use crate::store;
 use crate::tick;
@@ -36,7 +36,16 @@ pub fn register_static_workers() {
 
 fn report_appname(name: &str) {
     if let Ok(c) = CString::new(name) {
+        // SAFETY: main thread of a connected backend; the string outlives the call, which copies it.
         unsafe { pg_sys::pgstat_report_appname(c.as_ptr()) };
+    }
+}
+
+/// Shows what the worker waits for in pg_stat_activity.query, where every monitoring tool looks.
+fn report_activity(what: &str) {
+    if let Ok(c) = CString::new(what) {
+        // SAFETY: main thread of a connected backend; pgstat copies the string into shared memory.
+        unsafe { pg_sys::pgstat_report_activity(pg_sys::BackendState::STATE_IDLE, c.as_ptr()) };
     }
 }
 
@@ -96,37 +105,39 @@ pub extern "C-unwind" fn damascus_worker_main(arg: pg_sys::Datum) {
     // The extension is checked only until it is found, and again after a claim fails (it may have
     // been dropped), so a busy worker spends no transaction per cycle on the check.
     let mut ready = false;
-    let mut said_waiting = false;
+    let mut said_waiting: Option<String> = None;
     let mut failed_claim: Option<String> = None;
-    // Settings and pipeline are read once and again only after a reload, not once per cycle.
+    // Settings are read once and again only after a reload, not once per cycle.
     let mut loaded: Option<Context> = None;
     while !stopping() {
         if BackgroundWorker::sighup_received() {
+            // SAFETY: main thread, between transactions, as the postmaster's own loops do it.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
             loaded = None;
         }
-        if loaded.is_none() {
-            match Context::load(worker.clone()) {
-                Ok(c) => loaded = Some(c),
-                Err(e) => {
-                    warning!("{name}: {}", e.message());
-                    if wait(Duration::from_millis(guc::snapshot().naptime_ms)) == Wake::Stop {
-                        break;
-                    }
-                    continue;
-                }
-            }
-        }
-        let Some(ctx) = loaded.as_ref() else {
-            continue;
-        };
+        let ctx = loaded.get_or_insert_with(|| Context::load(worker.clone()));
         let naptime = Duration::from_millis(ctx.settings.naptime_ms);
         let nap = || wait(naptime) == Wake::Stop;
         if !ready {
-            match cycle::transaction(|| store::extension_ready().or_raise()) {
-                Ok(true) => {
+            let waiting_for = match cycle::transaction(|| store::extension_version().or_raise()) {
+                Ok(Some(v)) if v == SCHEMA_VERSION => None,
+                Ok(Some(v)) => Some(format!(
+                    "extension \"damascus\" in database \"{database}\" is version {v}, the loaded library is {SCHEMA_VERSION}; waiting for ALTER EXTENSION damascus UPDATE"
+                )),
+                Ok(None) => Some(format!(
+                    "extension \"damascus\" is not created in database \"{database}\" yet; waiting for CREATE EXTENSION damascus"
+                )),
+                Err(e) => {
+                    warning!("{name}: {e}");
+                    // Empty: nap and look again, without the once-per-reason log line.
+                    Some(String::new())
+                }
+            };
+            match waiting_for {
+                None => {
                     ready = true;
-                    said_waiting = false;
+                    said_waiting = None;
+                    report_activity("damascus: working");
                     // The extension is there, so a failed claim had another cause worth a warning.
                     if let Some(e) = failed_claim.take() {
                         warning!("{name}: {e}");
@@ -136,21 +147,14 @@ pub extern "C-unwind" fn damascus_worker_main(arg: pg_sys::Datum) {
                         continue;
                     }
                 }
-                Ok(false) => {
+                Some(why) => {
                     failed_claim = None;
-                    if !said_waiting {
-                        log!(
-                            "{name}: extension \"damascus\" is not created in database \"{database}\" yet; waiting for CREATE EXTENSION damascus"
-                        );
-                        said_waiting = true;
+                    // One log line per distinct reason, not one per nap.
+                    if !why.is_empty() && said_waiting.as_deref() != Some(why.as_str()) {
+                        log!("{name}: {why}");
+                        report_activity(&format!("damascus: {why}"));
+                        said_waiting = Some(why);
                     }
-                    if nap() {
-                        break;
-                    }
-                    continue;
-                }
-                Err(e) => {
-                    warning!("{name}: {e}");
                     if nap() {
                         break;
                     }
@@ -199,10 +203,7 @@ pub extern "C-unwind" fn damascus_tick_main(arg: pg_sys::Datum) {
         unsafe { pg_sys::MyProcPid },
         slot.caller_pid()
     );
-    let end = match Context::load(worker) {
-        Ok(ctx) => cycle::run_one(&ctx, &mut wait).0,
-        Err(e) => CycleEnd::Failed(e.message()),
-    };
+    let end = cycle::run_one(&Context::load(worker), &mut wait).0;
     unsafe { pg_sys::pgstat_report_stat(true) };
     slot.finish(&end);
 }

@@ -91,15 +91,17 @@ fn test_cycle_uses_three_transactions() {
     assert_eq!(t.spec.as_deref(), Some(expected.as_str()));
     assert_eq!(llm.request_count(), 1);
 
-    // Nothing left to do: the next tick returns no row.
-    assert_eq!(tick(&mut c), None);
+    // The ticket is not finished: the next tick takes it on to the next phase.
+    let next = tick(&mut c).unwrap();
+    assert_eq!((next.ticket_id, next.phase.as_str()), (id, "implement"));
 }
 
 /// Twin of the seed's `test_refine_spec_max_tokens_at_least_3000`: the request really carries the cap,
-/// the default is 4000, and no setting can take it below 3000.
+/// the default is 4000, and no phase definition can take it below 3000.
 #[test]
 fn test_refine_spec_max_tokens_at_least_3000() {
     let _g = setup();
+    let _phases = keep_phases();
     let llm = fresh(Behavior::Good);
     let mut c = client();
     submit(&mut c, "Cap check", "body");
@@ -118,19 +120,24 @@ fn test_refine_spec_max_tokens_at_least_3000() {
     assert!(body["system"].as_str().unwrap().contains("## Test Command"));
     assert_eq!(body["messages"][0]["role"], "user");
 
+    let before = phases_fingerprint(&mut c);
     let err = c
-        .batch_execute("ALTER SYSTEM SET damascus.refine_spec_max_tokens = 1500")
+        .batch_execute("UPDATE damascus.phases SET max_tokens = 1500 WHERE name = 'refine_spec'")
         .unwrap_err();
     let (code, msg) = db_error(&err);
     assert_eq!(code, "22023", "{msg}");
     assert!(msg.contains("1500"), "{msg}");
+    assert_eq!(phases_fingerprint(&mut c), before, "the phase is unchanged");
 
-    set_conf("damascus.refine_spec_max_tokens", "3000");
+    c.batch_execute("UPDATE damascus.phases SET max_tokens = 3000 WHERE name = 'refine_spec'")
+        .unwrap();
     llm.clear_requests();
     submit(&mut c, "Cap check 2", "body");
-    tick(&mut c).unwrap();
+    // The first ticket now waits for implement; only the new one is in refine_spec's state.
+    c.batch_execute("UPDATE damascus.tickets SET priority = 1 WHERE state = 'new'")
+        .unwrap();
+    assert_eq!(tick(&mut c).unwrap().phase, "refine_spec");
     assert_eq!(llm.requests()[0].body.as_ref().unwrap()["max_tokens"], 3000);
-    reset_conf("damascus.refine_spec_max_tokens");
 }
 
 #[test]
@@ -266,13 +273,12 @@ fn connection_refused_and_timeout_are_llm_error() {
     );
 
     let llm = fresh(Behavior::Hang);
-    set_conf("damascus.llm_timeout", "1");
+    let _timeout = set_conf_for_test("damascus.llm_timeout", "1");
     let id = submit(&mut c, "Hangs", "body");
     let row = tick(&mut c).unwrap();
     assert_eq!(row.verdict, "llm_error");
     let cy = cycles(&mut c, id);
     assert!(cy[0].llm_ms.unwrap() >= 900, "{:?}", cy[0].llm_ms);
-    reset_conf("damascus.llm_timeout");
     llm.set_behavior(Behavior::Good);
 }
 
@@ -316,7 +322,7 @@ fn test_stale_claim_uses_literal_interval_not_param() {
         None,
         "window 30 minutes: a 10-minute-old claim is live"
     );
-    set_conf("damascus.stale_claim_minutes", "5");
+    let _window = set_conf_for_test("damascus.stale_claim_minutes", "5");
     let row = tick(&mut c).expect("window 5 minutes: the 10-minute-old claim is stale");
     assert_eq!((row.ticket_id, row.verdict.as_str()), (id, "spec_ok"));
     let cy = cycles(&mut c, id);
@@ -326,11 +332,11 @@ fn test_stale_claim_uses_literal_interval_not_param() {
     );
 
     // And back: with 30 minutes a 10-minute-old claim is live again.
+    c.execute("SELECT damascus_cancel($1)", &[&id]).unwrap();
     let id2 = submit(&mut c, "Second abandoned claim", "body");
     backdate_claim(&mut c, id2, 10, "crashed worker");
     set_conf("damascus.stale_claim_minutes", "30");
     assert_eq!(tick(&mut c), None);
-    reset_conf("damascus.stale_claim_minutes");
 }
 
 /// A late verdict from a claim that went stale and was taken over is recorded as claim_lost and changes nothing.
@@ -338,7 +344,7 @@ fn test_stale_claim_uses_literal_interval_not_param() {
 fn late_verdict_with_a_superseded_token_is_claim_lost() {
     let _g = setup();
     let llm = fresh(Behavior::Slow(Duration::from_secs(3)));
-    set_conf("damascus.stale_claim_minutes", "5");
+    let _window = set_conf_for_test("damascus.stale_claim_minutes", "5");
     let id = submit(&mut client(), "Slow first answer", "body");
 
     // Tick A claims and waits on a slow LLM.
@@ -373,7 +379,6 @@ fn late_verdict_with_a_superseded_token_is_claim_lost() {
         lost.detail
     );
     assert!(lost.verdict_xid.is_some());
-    reset_conf("damascus.stale_claim_minutes");
 }
 
 /// The LLM call runs with no transaction or snapshot open and no row lock held.
@@ -565,7 +570,7 @@ fn the_api_key_is_sent_but_never_shown() {
     let _g = setup();
     let llm = fresh(Behavior::Good);
     let mut c = client();
-    set_conf("damascus.llm_api_key", "sk-test-secret");
+    let _key = set_conf_for_test("damascus.llm_api_key", "sk-test-secret");
     submit(&mut c, "Keyed", "body");
     tick(&mut c).unwrap();
     assert_eq!(
@@ -604,7 +609,6 @@ fn the_api_key_is_sent_but_never_shown() {
     assert_eq!(db_error(&err).0, "42501", "tick is not granted to PUBLIC");
     c.batch_execute("RESET ROLE; DROP ROLE damascus_nobody")
         .unwrap();
-    set_conf("damascus.llm_api_key", "sk-fake");
 }
 
 /// A claim is a lease: during a long call the holder's heartbeat renews it, so the next tick cannot take a
@@ -613,7 +617,7 @@ fn the_api_key_is_sent_but_never_shown() {
 fn the_heartbeat_keeps_a_live_claim_and_notices_a_lost_one() {
     let _g = setup();
     fresh(Behavior::Hang);
-    set_conf("damascus.stale_claim_minutes", "1");
+    let _window = set_conf_for_test("damascus.stale_claim_minutes", "1");
     let id = submit(&mut client(), "Very long call", "body");
     let a = tick_in_background(id);
     let mut c = client();
@@ -662,6 +666,5 @@ fn the_heartbeat_keeps_a_live_claim_and_notices_a_lost_one() {
             .unwrap()
             .contains("superseded during the LLM call")
     );
-    reset_conf("damascus.stale_claim_minutes");
     llm().set_behavior(Behavior::Good);
 }

@@ -1,5 +1,6 @@
-//! The static background worker, preloaded into a real Postgres 15: it drains tickets with no manual tick,
-//! survives errors, reloads on SIGHUP and gives its claim back on SIGTERM.
+//! The static background worker, preloaded into a real Postgres 15: it drains tickets through every phase with
+//! no manual tick, survives errors, reloads on SIGHUP, gives its claim back on SIGTERM, and waits (without
+//! crash-looping) while the extension is missing or older than the library.
 
 mod common;
 
@@ -37,7 +38,7 @@ fn wait_state(c: &mut Client, id: i64, state: &str, timeout: Duration) {
 }
 
 #[test]
-fn the_static_worker_drains_20_tickets_without_a_manual_tick() {
+fn the_static_worker_drains_20_tickets_through_all_phases_without_a_manual_tick() {
     let _g = setup();
     let llm = fresh(Behavior::Good);
     let mut c = client();
@@ -45,10 +46,10 @@ fn the_static_worker_drains_20_tickets_without_a_manual_tick() {
     let ids: Vec<i64> = (0..20)
         .map(|i| submit(&mut c, &format!("Ticket number {i}"), "Do the thing"))
         .collect();
-    wait_for("all 20 tickets specified", Duration::from_secs(60), || {
+    wait_for("all 20 tickets done", Duration::from_secs(90), || {
         let n: i64 = c
             .query_one(
-                "SELECT count(*) FROM damascus.tickets WHERE state = 'specified'",
+                "SELECT count(*) FROM damascus.tickets WHERE state = 'done'",
                 &[],
             )
             .unwrap()
@@ -57,17 +58,32 @@ fn the_static_worker_drains_20_tickets_without_a_manual_tick() {
     });
     for id in ids {
         let cy = cycles(&mut c, id);
-        assert_eq!(cy.len(), 1, "one cycle per ticket");
-        assert!(
-            cy[0].worker.starts_with("damascus worker 1 (pid "),
-            "{}",
-            cy[0].worker
+        let seen: Vec<(&str, Option<&str>)> = cy
+            .iter()
+            .map(|x| (x.phase.as_str(), x.verdict.as_deref()))
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                ("refine_spec", Some("spec_ok")),
+                ("implement", Some("impl_ok")),
+                ("review", Some("approved"))
+            ],
+            "one cycle per phase"
         );
-        assert_eq!(cy[0].verdict.as_deref(), Some("spec_ok"));
+        assert!(
+            cy.iter()
+                .all(|x| x.worker.starts_with("damascus worker 1 (pid ")),
+            "{cy:?}"
+        );
         let t = ticket(&mut c, id);
         assert!(!t.claimed && t.spec.is_some(), "{t:?}");
     }
-    assert_eq!(llm.request_count(), 20, "exactly one LLM call per ticket");
+    assert_eq!(
+        llm.request_count(),
+        60,
+        "exactly one LLM call per ticket and phase"
+    );
 }
 
 #[test]
@@ -82,7 +98,7 @@ fn a_phase_error_leaves_the_claim_in_place_and_the_worker_alive() {
         .map(|i| submit(&mut c, &format!("fine {i}"), "body"))
         .collect();
     for id in &good {
-        wait_state(&mut c, *id, "specified", Duration::from_secs(30));
+        wait_state(&mut c, *id, "done", Duration::from_secs(30));
     }
     disarm_phase_failure(&mut c);
     let t = ticket(&mut c, bad);
@@ -116,13 +132,16 @@ fn sighup_reloads_the_workers_settings() {
     let mut c = client();
     let pid = worker_pid(&mut c);
     let other = FakeLlm::start(Behavior::Good).unwrap();
-    set_conf("damascus.llm_url", &other.url());
+    let _url = set_conf_for_test("damascus.llm_url", &other.url());
     let id = submit(&mut c, "After reload", "body");
-    wait_state(&mut c, id, "specified", Duration::from_secs(30));
-    assert_eq!(other.request_count(), 1, "the worker called the new URL");
+    wait_state(&mut c, id, "done", Duration::from_secs(30));
+    assert_eq!(
+        other.request_count(),
+        3,
+        "the worker called the new URL, once per phase"
+    );
     assert_eq!(llm().request_count(), 0, "and not the old one");
     assert_eq!(worker_pid(&mut c), pid, "reloaded in place, not restarted");
-    set_conf("damascus.llm_url", &llm().url());
 }
 
 #[test]
@@ -155,7 +174,7 @@ fn sigterm_gives_the_claim_back_and_the_worker_comes_back() {
     llm.set_behavior(Behavior::Good);
     let new_pid = worker_pid(&mut c);
     assert_ne!(new_pid, pid, "the postmaster started a fresh worker");
-    wait_state(&mut c, id, "specified", Duration::from_secs(30));
+    wait_state(&mut c, id, "done", Duration::from_secs(30));
 }
 
 #[test]
@@ -173,6 +192,59 @@ fn without_the_extension_the_worker_waits_quietly() {
     );
     c.batch_execute("CREATE EXTENSION damascus").unwrap();
     let id = submit(&mut c, "After CREATE EXTENSION", "body");
-    wait_state(&mut c, id, "specified", Duration::from_secs(30));
+    wait_state(&mut c, id, "done", Duration::from_secs(30));
     assert_eq!(worker_pid(&mut c), pid);
+}
+
+/// Puts the 0.2 extension back however the test that replaced it ends.
+struct FreshExtension;
+
+impl Drop for FreshExtension {
+    fn drop(&mut self) {
+        client()
+            .batch_execute("DROP EXTENSION IF EXISTS damascus CASCADE; CREATE EXTENSION damascus")
+            .unwrap();
+    }
+}
+
+/// The new library on a database still at 0.1.0 (installed, restarted, not yet updated): the worker says what
+/// to run, once in the log and in pg_stat_activity, waits without crash-looping, and after
+/// `ALTER EXTENSION damascus UPDATE` works on with no restart.
+#[test]
+fn on_an_old_schema_the_worker_waits_for_alter_extension_update() {
+    let _g = setup();
+    fresh(Behavior::Good);
+    let mut c = client();
+    let pid = worker_pid(&mut c);
+    let _restore = FreshExtension;
+    c.batch_execute("DROP EXTENSION damascus; CREATE EXTENSION damascus VERSION '0.1.0'")
+        .expect("the 0.1.0 install script is installed (make test copies sql/damascus--0.1.0.sql)");
+    let id = submit(&mut c, "Queued on 0.1.0", "body");
+    let activity: String = wait_for(
+        "the worker to say what it waits for",
+        Duration::from_secs(30),
+        || {
+            c.query_opt(
+            "SELECT query FROM pg_stat_activity WHERE pid = $1 AND query LIKE '%ALTER EXTENSION damascus UPDATE%'",
+            &[&pid],
+        )
+        .unwrap()
+        .map(|r| r.get(0))
+        },
+    );
+    assert!(activity.contains("version 0.1.0"), "{activity}");
+    assert_eq!(
+        ticket(&mut c, id).state,
+        "new",
+        "nothing ran on the old schema"
+    );
+    assert_eq!(worker_pid(&mut c), pid, "no crash loop");
+
+    c.batch_execute("ALTER EXTENSION damascus UPDATE").unwrap();
+    wait_state(&mut c, id, "done", Duration::from_secs(30));
+    assert_eq!(
+        worker_pid(&mut c),
+        pid,
+        "the same worker went on after the update"
+    );
 }

@@ -5,22 +5,31 @@ use std::time::Duration;
 
 use crate::spec::canonical_section;
 
-/// How the server answers a `POST /v1/messages` that passed validation.
+/// How the server answers a request that passed validation, in either wire format.
+///
+/// The phase asking (spec, implement or review, told apart by the system text) decides what
+/// a good answer is. Behaviours aimed at one phase answer like `Good` in the others, so a
+/// single default can run a whole pipeline.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Behavior {
-    /// A complete, well-formed spec with `stop_reason: "end_turn"`.
+    /// The phase's complete, well-formed answer (spec, diff, or approving review).
     Good,
-    /// The spec cut off inside `TDD Plan`, with `stop_reason: "max_tokens"`.
+    /// The phase's answer cut off (a spec inside `TDD Plan`, a diff or review about halfway),
+    /// reported as a token-limit stop: `max_tokens` (Anthropic) or `length` (OpenAI).
     Truncated,
-    /// The spec without the named section (heading and body).
+    /// Spec only: the spec without the named section (heading and body).
     MissingSection(String),
-    /// The spec with the named section's heading kept and its body emptied.
+    /// Spec only: the named section's heading kept and its body emptied.
     EmptySection(String),
-    /// The spec whose only `## Test Command` line sits inside a code fence.
+    /// Spec only: the only `## Test Command` line sits inside a code fence.
     FencedTestCommand,
+    /// Review only: reasons ([`crate::REJECT_REASONS`]) and a last line `VERDICT: REJECT`.
+    Reject,
+    /// Implement only: prose that contains no diff.
+    NoDiff,
     /// Wait this long (or until shutdown), then answer like `Good`.
     Slow(Duration),
-    /// Answer with this HTTP status and the matching Anthropic error body.
+    /// Answer with this HTTP status and the request format's error body.
     Status(u16),
     /// 200 with a JSON content type but a body that is not JSON.
     Garbage,
@@ -34,7 +43,8 @@ pub enum Behavior {
 
 /// Shown in parse errors so a typo in a flag or marker is fixable without reading the source.
 const SPELLINGS: &str = "good, truncated, missing=<Section Name>, empty=<Section Name>, fenced, \
-                         slow=<millis>, status=<code>, garbage, wrong-shape, hang, reset";
+                         reject, no-diff, slow=<millis>, status=<code>, garbage, wrong-shape, \
+                         hang, reset";
 
 /// A marker in prompt text looks like `[fakellm:truncated]`.
 pub(crate) const MARKER_OPEN: &str = "[fakellm:";
@@ -51,6 +61,8 @@ impl Behavior {
             ("good", None) => Behavior::Good,
             ("truncated", None) => Behavior::Truncated,
             ("fenced", None) => Behavior::FencedTestCommand,
+            ("reject", None) => Behavior::Reject,
+            ("no-diff", None) => Behavior::NoDiff,
             ("garbage", None) => Behavior::Garbage,
             ("wrong-shape", None) => Behavior::WrongShape,
             ("hang", None) => Behavior::Hang,
@@ -74,7 +86,8 @@ impl Behavior {
                 Behavior::Status(code)
             }
             (
-                "good" | "truncated" | "fenced" | "garbage" | "wrong-shape" | "hang" | "reset",
+                "good" | "truncated" | "fenced" | "reject" | "no-diff" | "garbage" | "wrong-shape"
+                | "hang" | "reset",
                 Some(_),
             ) => {
                 return Err(format!("behavior {key:?} takes no argument"));
@@ -111,6 +124,8 @@ impl fmt::Display for Behavior {
             Behavior::MissingSection(name) => write!(f, "missing={name}"),
             Behavior::EmptySection(name) => write!(f, "empty={name}"),
             Behavior::FencedTestCommand => f.write_str("fenced"),
+            Behavior::Reject => f.write_str("reject"),
+            Behavior::NoDiff => f.write_str("no-diff"),
             Behavior::Slow(d) => write!(f, "slow={}", d.as_millis()),
             Behavior::Status(code) => write!(f, "status={code}"),
             Behavior::Garbage => f.write_str("garbage"),
@@ -132,7 +147,7 @@ pub(crate) fn find_marker(text: &str) -> Option<Result<Behavior, String>> {
     })
 }
 
-/// `text` without any `[fakellm:...]` markers, so a marker never leaks into the generated spec.
+/// `text` without any `[fakellm:...]` markers, so a marker never leaks into the generated answer.
 pub(crate) fn strip_markers(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
@@ -160,6 +175,8 @@ mod tests {
             "missing=Test Command",
             "empty=Acceptance Criteria",
             "fenced",
+            "reject",
+            "no-diff",
             "slow=250",
             "status=429",
             "garbage",
@@ -187,6 +204,13 @@ mod tests {
             Behavior::parse("status=529").unwrap(),
             Behavior::Status(529)
         );
+        assert_eq!(Behavior::parse(" reject ").unwrap(), Behavior::Reject);
+        assert_eq!(Behavior::parse("no-diff").unwrap(), Behavior::NoDiff);
+        assert!(
+            Behavior::parse("nope")
+                .unwrap_err()
+                .contains("reject, no-diff")
+        );
     }
 
     #[test]
@@ -204,6 +228,10 @@ mod tests {
             "status=abc",
             "good=1",
             "wrong_shape",
+            "reject=1",
+            "no_diff",
+            "nodiff",
+            "Reject",
         ] {
             assert!(Behavior::parse(s).is_err(), "{s:?} should be rejected");
         }

@@ -10,25 +10,24 @@ pub(crate) const MAX_BODY: usize = 8 * 1024 * 1024;
 /// Bounds memory for a client that streams header bytes forever.
 const MAX_HEAD: usize = 64 * 1024;
 
-/// An HTTP-level refusal, answered with an Anthropic-style error body.
+/// A refusal before any answer is chosen. It carries no error type because each wire format
+/// names its error types differently; the format that answers derives one from the status.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Rejection {
     pub status: u16,
-    pub kind: &'static str,
     pub message: String,
 }
 
 impl Rejection {
-    pub(crate) fn new(status: u16, kind: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: u16, message: impl Into<String>) -> Self {
         Rejection {
             status,
-            kind,
             message: message.into(),
         }
     }
 
-    fn bad(message: impl Into<String>) -> Self {
-        Self::new(400, "invalid_request_error", message)
+    pub(crate) fn bad(message: impl Into<String>) -> Self {
+        Self::new(400, message)
     }
 }
 
@@ -80,7 +79,6 @@ pub(crate) fn read_head(stream: &mut impl Read) -> Result<Head, ReadError> {
         if buf.len() > MAX_HEAD {
             return Err(ReadError::Reject(Rejection::new(
                 431,
-                "invalid_request_error",
                 "request head exceeds 64 KiB",
             )));
         }
@@ -177,7 +175,6 @@ pub(crate) fn read_body(stream: &mut TcpStream, head: &Head) -> Result<Vec<u8>, 
     if head.header("transfer-encoding").is_some() {
         return Err(ReadError::Reject(Rejection::new(
             411,
-            "invalid_request_error",
             "chunked request bodies are not supported; send Content-Length",
         )));
     }
@@ -185,7 +182,6 @@ pub(crate) fn read_body(stream: &mut TcpStream, head: &Head) -> Result<Vec<u8>, 
     if len > MAX_BODY {
         return Err(ReadError::Reject(Rejection::new(
             413,
-            "request_too_large",
             format!("request body of {len} bytes exceeds the 8 MiB limit"),
         )));
     }

@@ -1,5 +1,23 @@
-//! fakellm: an offline stand-in for the Anthropic Messages API, speaking its real wire format
-//! over HTTP/1.1 on loopback, for damascus's integration tests and for `make run` without a key.
+//! fakellm: an offline stand-in for the Anthropic Messages and OpenAI Chat Completions APIs,
+//! speaking their real wire formats over HTTP/1.1 on loopback, for damascus's integration
+//! tests and for `make run` without a key.
+//!
+//! Routes: `POST /v1/messages` (Anthropic: needs `x-api-key` and `anthropic-version`) and
+//! `POST /v1/chat/completions` (OpenAI: needs `Authorization: Bearer <key>`). Both are
+//! validated like the real APIs for the fields a client sends, and every request, refused or
+//! not, is recorded.
+//!
+//! The answer depends on the damascus phase asking, read from the system text (Anthropic's
+//! top-level `system`, OpenAI's `system`/`developer` messages):
+//!
+//! * contains `VERDICT:` → a review whose last line is `VERDICT: APPROVE`
+//!   (or `VERDICT: REJECT` under [`Behavior::Reject`], with [`REJECT_REASONS`] above it);
+//! * else contains `unified diff` (any case) → a sentence and a fenced unified diff
+//!   ([`good_diff`]; prose only under [`Behavior::NoDiff`]);
+//! * else → a six-section Markdown spec ([`good_spec`], varied by [`spec_for`]).
+//!
+//! The [`Behavior`] is the server default unless the message text carries a marker such as
+//! `[fakellm:truncated]`. A behaviour aimed at another phase answers like `Good`.
 //!
 //! ```no_run
 //! use fakellm::{Behavior, FakeLlm};
@@ -10,11 +28,14 @@
 //! llm.shutdown();
 //! ```
 
-mod api;
+mod anthropic;
 mod behavior;
 mod http;
+mod openai;
+mod phase;
 mod server;
 mod spec;
+mod wire;
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
@@ -23,6 +44,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 pub use behavior::Behavior;
+pub use phase::{REJECT_REASONS, good_diff, good_review};
 pub use spec::{SECTIONS, good_spec, spec_for};
 
 /// One request as the server received it, kept even when it was rejected.
@@ -103,6 +125,7 @@ impl FakeLlm {
     }
 
     /// When on, one line per request (`POST /v1/messages -> 200 good`) goes to stderr.
+    /// Answered requests also name the phase: `POST /v1/chat/completions -> 200 reject (review)`.
     pub fn set_logging(&self, on: bool) {
         self.shared.set_logging(on);
     }

@@ -9,8 +9,17 @@ const USAGE: &str = "usage: fakellm [--addr HOST:PORT] [--behavior SPELLING]
 
   --addr HOST:PORT     where to listen (default 127.0.0.1:8787; port 0 picks a free port)
   --behavior SPELLING  default answer: good, truncated, missing=<Section Name>,
-                       empty=<Section Name>, fenced, slow=<millis>, status=<code>,
-                       garbage, wrong-shape, hang, reset (default good)
+                       empty=<Section Name>, fenced, reject, no-diff, slow=<millis>,
+                       status=<code>, garbage, wrong-shape, hang, reset (default good)
+
+Serves two wire formats on the same address:
+  POST /v1/messages          Anthropic Messages (x-api-key and anthropic-version headers)
+  POST /v1/chat/completions  OpenAI Chat Completions (Authorization: Bearer <key>)
+
+The system text picks the phase being answered: containing \"VERDICT:\" -> a review ending
+in VERDICT: APPROVE; else containing \"unified diff\" -> a sentence and a fenced diff; else
+a six-section Markdown spec. missing=, empty= and fenced shape specs only, reject only
+reviews (VERDICT: REJECT), no-diff only implement answers; elsewhere they answer like good.
 
 A prompt containing [fakellm:SPELLING] overrides the default for that request.";
 

@@ -11,10 +11,15 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::RecordedRequest;
-use crate::api;
 use crate::behavior::{Behavior, find_marker};
 use crate::http::{self, Head, ReadError, Rejection, Response};
+use crate::phase::{self, Phase};
 use crate::spec;
+use crate::wire::{self, ChatRequest, Format};
+
+/// Answers to requests whose format cannot be told (an unknown path, or no path at all)
+/// use the format fakellm spoke first.
+const FALLBACK_FORMAT: Format = Format::Anthropic;
 
 /// Long enough for any honest client, short enough that a stuck one frees its thread.
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -224,12 +229,10 @@ fn handle_connection(shared: &Shared, mut stream: TcpStream, conn_id: u64) {
         Err(ReadError::Reject(rej)) => {
             shared.log(&format!(
                 "(malformed request) -> {} {}",
-                rej.status, rej.kind
+                rej.status,
+                FALLBACK_FORMAT.error_type(rej.status)
             ));
-            let resp = with_request_id(
-                api::error_response(rej.status, rej.kind, &rej.message),
-                conn_id,
-            );
+            let resp = with_request_id(FALLBACK_FORMAT.reject(&rej), conn_id);
             if http::write_response(&mut stream, &resp).is_ok() {
                 http::linger_close(&mut stream);
             }
@@ -252,10 +255,13 @@ fn handle_connection(shared: &Shared, mut stream: TcpStream, conn_id: u64) {
     });
 
     let (reply, label) = match body {
-        Err(rej) => (
-            Reply::SendAndLinger(api::error_response(rej.status, rej.kind, &rej.message)),
-            rej.kind.to_string(),
-        ),
+        Err(rej) => {
+            let format = Format::for_path(head.path()).unwrap_or(FALLBACK_FORMAT);
+            (
+                Reply::SendAndLinger(format.reject(&rej)),
+                format.error_type(rej.status).to_string(),
+            )
+        }
         Ok(_) => route(shared, &head, parsed.as_ref()),
     };
     let outcome = match &reply {
@@ -296,104 +302,89 @@ fn with_request_id(mut resp: Response, conn_id: u64) -> Response {
     resp
 }
 
-fn reject(rej: Rejection) -> (Reply, String) {
-    let label = rej.kind.to_string();
+fn reject(format: Format, rej: &Rejection) -> (Reply, String) {
     (
-        Reply::Send(api::error_response(rej.status, rej.kind, &rej.message)),
-        label,
+        Reply::Send(format.reject(rej)),
+        format.error_type(rej.status).to_string(),
     )
 }
 
-/// Checks the request in the same order as the real API (route, auth, version, body),
+/// Checks the request in the same order as the real APIs (route, method, headers, body),
 /// then answers according to the marker or the server default.
 fn route(shared: &Shared, head: &Head, body: Option<&Value>) -> (Reply, String) {
-    if head.path() != "/v1/messages" {
-        return reject(Rejection::new(
-            404,
-            "not_found_error",
-            format!("Not found: {}", head.path()),
-        ));
-    }
+    let Some(format) = Format::for_path(head.path()) else {
+        return reject(
+            FALLBACK_FORMAT,
+            &Rejection::new(404, format!("Not found: {}", head.path())),
+        );
+    };
     if head.method != "POST" {
-        return reject(Rejection::new(
-            405,
-            "invalid_request_error",
-            format!("Method {} not allowed; use POST", head.method),
-        ));
+        return reject(
+            format,
+            &Rejection::new(405, format!("Method {} not allowed; use POST", head.method)),
+        );
     }
-    if head.header("x-api-key").is_none_or(str::is_empty) {
-        return reject(Rejection::new(
-            401,
-            "authentication_error",
-            "x-api-key header is required",
-        ));
-    }
-    if head.header("anthropic-version").is_none_or(str::is_empty) {
-        return reject(Rejection::new(
-            400,
-            "invalid_request_error",
-            "anthropic-version: header is required",
-        ));
+    if let Err(rej) = format.check_headers(head) {
+        return reject(format, &rej);
     }
     let Some(body) = body else {
-        return reject(Rejection::new(
-            400,
-            "invalid_request_error",
-            "request body is not valid JSON",
-        ));
+        return reject(format, &Rejection::bad("request body is not valid JSON"));
     };
-    let request = match api::parse_request(body) {
+    let request = match format.parse(body) {
         Ok(r) => r,
-        Err(message) => return reject(Rejection::new(400, "invalid_request_error", message)),
+        Err(message) => return reject(format, &Rejection::bad(message)),
     };
     let behavior = match find_marker(&request.messages_text) {
         None => shared.behavior(),
         Some(Ok(b)) => b,
-        Some(Err(message)) => {
-            return reject(Rejection::new(400, "invalid_request_error", message));
-        }
+        Some(Err(message)) => return reject(format, &Rejection::bad(message)),
     };
-    let label = behavior.to_string();
-    (answer(shared, &request, &behavior), label)
+    let phase = Phase::detect(&request.system_text);
+    let label = format!("{behavior} ({})", phase.name());
+    (answer(shared, format, &request, phase, &behavior), label)
 }
 
-fn answer(shared: &Shared, request: &api::MessagesRequest, behavior: &Behavior) -> Reply {
+/// The reply for a valid request; only the envelope depends on the format.
+fn answer(
+    shared: &Shared,
+    format: Format,
+    request: &ChatRequest,
+    phase: Phase,
+    behavior: &Behavior,
+) -> Reply {
     match behavior {
-        Behavior::Status(code) => Reply::Send(api::simulated_status(*code)),
-        Behavior::Garbage => Reply::Send(api::json_response(200, "<html>oops".to_string())),
+        Behavior::Status(code) => Reply::Send(format.error(*code, wire::simulated_message(*code))),
+        Behavior::Garbage => Reply::Send(wire::json_response(200, "<html>oops".to_string())),
         Behavior::WrongShape => {
-            Reply::Send(api::json_response(200, r#"{"hello":"world"}"#.to_string()))
+            Reply::Send(wire::json_response(200, r#"{"hello":"world"}"#.to_string()))
         }
         Behavior::Hang => Reply::Hang,
         Behavior::Reset => Reply::Reset,
-        Behavior::Slow(delay) => {
-            Reply::SlowThenSend(*delay, message(shared, request, &Behavior::Good))
-        }
+        Behavior::Slow(delay) => Reply::SlowThenSend(
+            *delay,
+            message(shared, format, request, phase, &Behavior::Good),
+        ),
         Behavior::Good
         | Behavior::Truncated
         | Behavior::MissingSection(_)
         | Behavior::EmptySection(_)
-        | Behavior::FencedTestCommand => Reply::Send(message(shared, request, behavior)),
+        | Behavior::FencedTestCommand
+        | Behavior::Reject
+        | Behavior::NoDiff => Reply::Send(message(shared, format, request, phase, behavior)),
     }
 }
 
-fn message(shared: &Shared, request: &api::MessagesRequest, behavior: &Behavior) -> Response {
+fn message(
+    shared: &Shared,
+    format: Format,
+    request: &ChatRequest,
+    phase: Phase,
+    behavior: &Behavior,
+) -> Response {
     let feature = spec::feature_name(&request.last_user_text);
-    let text = spec::spec_for(behavior, &feature).unwrap_or_else(|| spec::good_spec(&feature));
-    let (stop_reason, output_tokens) = if *behavior == Behavior::Truncated {
-        ("max_tokens", request.max_tokens)
-    } else {
-        ("end_turn", api::rough_tokens(text.chars().count()))
-    };
+    let answer = phase::answer(phase, behavior, &feature);
     let id = shared.next_message.fetch_add(1, Ordering::Relaxed);
-    api::message_response(
-        id,
-        &request.model,
-        &text,
-        stop_reason,
-        api::rough_tokens(request.input_chars),
-        output_tokens,
-    )
+    format.success(id, request, &answer)
 }
 
 /// Holds the connection open without answering until shutdown, but lets the thread go if

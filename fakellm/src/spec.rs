@@ -113,12 +113,15 @@ pub fn good_spec(feature: &str) -> String {
     render(&sections(feature))
 }
 
-/// The text a spec-producing behaviour answers with for `feature`; `None` for behaviours
-/// that answer with something other than a message (errors, garbage, silence).
+/// The text a behaviour answers a spec request with for `feature`; `None` for behaviours
+/// that answer with something other than a message (errors, garbage, silence). Behaviours
+/// aimed at other phases (`reject`, `no-diff`) give the good spec.
 pub fn spec_for(behavior: &Behavior, feature: &str) -> Option<String> {
     let mut parts = sections(feature);
     match behavior {
-        Behavior::Good | Behavior::Slow(_) => Some(render(&parts)),
+        Behavior::Good | Behavior::Slow(_) | Behavior::Reject | Behavior::NoDiff => {
+            Some(render(&parts))
+        }
         Behavior::Truncated => {
             let tdd = parts.iter().position(|(n, _)| *n == "TDD Plan")?;
             parts.truncate(tdd + 1);

@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use fakellm::{Behavior, FakeLlm, SECTIONS, good_spec};
+use fakellm::{Behavior, FakeLlm, REJECT_REASONS, SECTIONS, good_diff, good_review, good_spec};
 use serde_json::{Value, json};
 
 struct Reply {
@@ -539,4 +539,479 @@ fn binary_rejects_bad_flags() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("usage: fakellm"));
     assert!(out.stdout.is_empty());
+}
+
+// ---- phases and the OpenAI format ----
+
+const OPENAI_PATH: &str = "/v1/chat/completions";
+
+const OPENAI_AUTH: [(&str, &str); 2] = [
+    ("authorization", "Bearer sk-test"),
+    ("content-type", "application/json"),
+];
+
+const SPEC_SYSTEM: &str = "You write specs.";
+const IMPLEMENT_SYSTEM: &str = "Answer with one sentence, then a Unified Diff in a diff fence.";
+const REVIEW_SYSTEM: &str =
+    "Review the unified diff. End with one line: VERDICT: APPROVE or VERDICT: REJECT.";
+
+#[derive(Clone, Copy, Debug)]
+enum Api {
+    Anthropic,
+    OpenAi,
+}
+
+const APIS: [Api; 2] = [Api::Anthropic, Api::OpenAi];
+
+fn openai_body(system: &str, prompt: &str) -> Value {
+    json!({
+        "model": "gpt-test-1",
+        "max_tokens": 555,
+        "messages": [
+            {"role": "system", "content": system},
+            {"role": "user", "content": prompt},
+        ],
+    })
+}
+
+fn openai_request(llm: &FakeLlm, body: &Value) -> Reply {
+    request(
+        &llm.url(),
+        "POST",
+        OPENAI_PATH,
+        &OPENAI_AUTH,
+        &body.to_string(),
+    )
+}
+
+/// Asks in `api`'s format with `system` as the system text.
+fn ask_as(llm: &FakeLlm, api: Api, system: &str, prompt: &str) -> Reply {
+    match api {
+        Api::Anthropic => {
+            let body = json!({
+                "model": "claude-test-1",
+                "max_tokens": 777,
+                "system": system,
+                "messages": [{"role": "user", "content": prompt}],
+            });
+            request(&llm.url(), "POST", "/v1/messages", &AUTH, &body.to_string())
+        }
+        Api::OpenAi => openai_request(llm, &openai_body(system, prompt)),
+    }
+}
+
+/// The answer text and the provider's stop word, whichever the format.
+fn text_and_stop(api: Api, reply: &Reply) -> (String, String) {
+    assert_eq!(reply.status, 200, "{api:?}: {}", reply.body);
+    let v = reply.json();
+    let (text, stop) = match api {
+        Api::Anthropic => (&v["content"][0]["text"], &v["stop_reason"]),
+        Api::OpenAi => (
+            &v["choices"][0]["message"]["content"],
+            &v["choices"][0]["finish_reason"],
+        ),
+    };
+    (
+        text.as_str().unwrap().to_string(),
+        stop.as_str().unwrap().to_string(),
+    )
+}
+
+fn openai_error(reply: &Reply) -> (u16, String, Value) {
+    let v = reply.json();
+    let error = v["error"].as_object().unwrap_or_else(|| panic!("{v}"));
+    let mut keys: Vec<&str> = error.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["code", "message", "param", "type"], "{v}");
+    assert!(v["error"]["param"].is_null());
+    assert!(!v["error"]["message"].as_str().unwrap().is_empty());
+    (
+        reply.status,
+        v["error"]["type"].as_str().unwrap().to_string(),
+        v["error"]["code"].clone(),
+    )
+}
+
+#[test]
+fn each_phase_gets_its_own_answer_in_both_formats() {
+    let llm = FakeLlm::start(Behavior::Good).unwrap();
+    for api in APIS {
+        let (text, stop) = text_and_stop(api, &ask_as(&llm, api, SPEC_SYSTEM, "Add CSV export"));
+        assert_eq!(text, good_spec("Add CSV export"), "{api:?}");
+        assert!(stop == "end_turn" || stop == "stop");
+
+        let (text, _) = text_and_stop(api, &ask_as(&llm, api, IMPLEMENT_SYSTEM, "Add CSV export"));
+        assert_eq!(text, good_diff("Add CSV export"), "{api:?}");
+        assert!(text.contains(
+            "```diff\n--- a/src/add_csv_export.rs\n+++ b/src/add_csv_export.rs\n@@ -1,3 +1,4 @@\n"
+        ));
+        let (other, _) = text_and_stop(api, &ask_as(&llm, api, IMPLEMENT_SYSTEM, "Fix login"));
+        assert_ne!(other, text);
+
+        let (text, _) = text_and_stop(api, &ask_as(&llm, api, REVIEW_SYSTEM, "Add CSV export"));
+        assert_eq!(text, good_review("Add CSV export"), "{api:?}");
+        assert_eq!(text.lines().last(), Some("VERDICT: APPROVE"));
+    }
+}
+
+#[test]
+fn reject_and_no_diff_apply_only_to_their_phase() {
+    let llm = FakeLlm::start(Behavior::Good).unwrap();
+    for api in APIS {
+        let (text, stop) = text_and_stop(
+            api,
+            &ask_as(&llm, api, REVIEW_SYSTEM, "Add CSV export [fakellm:reject]"),
+        );
+        assert!(stop == "end_turn" || stop == "stop");
+        assert_eq!(text.lines().last(), Some("VERDICT: REJECT"), "{api:?}");
+        assert!(text.contains(REJECT_REASONS));
+        assert!(!text.contains("APPROVE") && !text.contains("fakellm"));
+
+        let (text, _) = text_and_stop(
+            api,
+            &ask_as(
+                &llm,
+                api,
+                IMPLEMENT_SYSTEM,
+                "[fakellm:no-diff] Add CSV export",
+            ),
+        );
+        assert!(text.contains("Add CSV export"));
+        assert!(!text.contains("```") && !text.contains("@@") && !text.contains("--- a/"));
+
+        // Aimed at another phase, they answer like good.
+        let (text, _) = text_and_stop(
+            api,
+            &ask_as(&llm, api, SPEC_SYSTEM, "Add CSV export [fakellm:reject]"),
+        );
+        assert_eq!(text, good_spec("Add CSV export"));
+        let (text, _) = text_and_stop(
+            api,
+            &ask_as(&llm, api, REVIEW_SYSTEM, "Add CSV export [fakellm:no-diff]"),
+        );
+        assert_eq!(text, good_review("Add CSV export"));
+        let (text, _) = text_and_stop(
+            api,
+            &ask_as(
+                &llm,
+                api,
+                IMPLEMENT_SYSTEM,
+                "Add CSV export [fakellm:reject]",
+            ),
+        );
+        assert_eq!(text, good_diff("Add CSV export"));
+        for marker in ["missing=Context", "empty=Summary", "fenced"] {
+            let prompt = format!("Add CSV export [fakellm:{marker}]");
+            let (text, _) = text_and_stop(api, &ask_as(&llm, api, REVIEW_SYSTEM, &prompt));
+            assert_eq!(text, good_review("Add CSV export"), "{marker}");
+            let (text, _) = text_and_stop(api, &ask_as(&llm, api, IMPLEMENT_SYSTEM, &prompt));
+            assert_eq!(text, good_diff("Add CSV export"), "{marker}");
+        }
+    }
+    // As a server default too.
+    llm.set_behavior(Behavior::Reject);
+    let (text, _) = text_and_stop(Api::OpenAi, &ask_as(&llm, Api::OpenAi, REVIEW_SYSTEM, "x"));
+    assert!(text.ends_with("\nVERDICT: REJECT"));
+    llm.set_behavior(Behavior::parse("no-diff").unwrap());
+    let (text, _) = text_and_stop(
+        Api::OpenAi,
+        &ask_as(&llm, Api::OpenAi, IMPLEMENT_SYSTEM, "x"),
+    );
+    assert!(!text.contains("```"));
+}
+
+#[test]
+fn truncation_in_both_formats_and_every_phase() {
+    let llm = FakeLlm::start(Behavior::Truncated).unwrap();
+    for (system, full) in [
+        (SPEC_SYSTEM, good_spec("Add CSV export")),
+        (IMPLEMENT_SYSTEM, good_diff("Add CSV export")),
+        (REVIEW_SYSTEM, good_review("Add CSV export")),
+    ] {
+        let reply = ask_as(&llm, Api::Anthropic, system, "Add CSV export");
+        let (text, stop) = text_and_stop(Api::Anthropic, &reply);
+        assert_eq!(stop, "max_tokens");
+        assert_eq!(reply.json()["usage"]["output_tokens"], 777);
+        assert!(
+            full.starts_with(&text) && text.len() < full.len() * 3 / 4,
+            "{system}"
+        );
+
+        let reply = ask_as(&llm, Api::OpenAi, system, "Add CSV export");
+        let (openai_text, stop) = text_and_stop(Api::OpenAi, &reply);
+        assert_eq!(stop, "length");
+        assert_eq!(openai_text, text);
+        assert_eq!(reply.json()["usage"]["completion_tokens"], 555);
+    }
+    let review = text_and_stop(Api::OpenAi, &ask_as(&llm, Api::OpenAi, REVIEW_SYSTEM, "x")).0;
+    assert!(!review.contains("VERDICT"));
+
+    // The newer cap field is honoured, and remembered as sent.
+    let mut body = openai_body(SPEC_SYSTEM, "Add CSV export");
+    body.as_object_mut().unwrap().remove("max_tokens");
+    body["max_completion_tokens"] = json!(321);
+    let reply = openai_request(&llm, &body);
+    assert_eq!(reply.json()["usage"]["completion_tokens"], 321);
+    assert_eq!(reply.json()["choices"][0]["finish_reason"], "length");
+
+    // A marker truncates a single request under a good default.
+    llm.set_behavior(Behavior::Good);
+    let reply = ask_as(
+        &llm,
+        Api::OpenAi,
+        IMPLEMENT_SYSTEM,
+        "Add CSV export [fakellm:truncated]",
+    );
+    assert_eq!(text_and_stop(Api::OpenAi, &reply).1, "length");
+}
+
+#[test]
+fn openai_good_answer_has_the_exact_shape() {
+    let llm = FakeLlm::start(Behavior::Good).unwrap();
+    let body = json!({
+        "model": "gpt-test-1",
+        "messages": [
+            {"role": "developer", "content": [{"type": "text", "text": "You write specs."}]},
+            {"role": "user", "content": [{"type": "text", "text": "Add a password reset flow"}]},
+        ],
+    });
+    let reply = openai_request(&llm, &body);
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("content-type"), Some("application/json"));
+    let v = reply.json();
+    let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        ["choices", "created", "id", "model", "object", "usage"]
+    );
+    assert!(v["id"].as_str().unwrap().starts_with("chatcmpl-fake-"));
+    assert_eq!(v["object"], "chat.completion");
+    assert!(v["created"].as_u64().unwrap() > 1_600_000_000);
+    assert_eq!(v["model"], "gpt-test-1");
+    assert_eq!(v["choices"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        v["choices"][0],
+        json!({
+            "index": 0,
+            "message": {"role": "assistant", "content": good_spec("Add a password reset flow")},
+            "finish_reason": "stop",
+        })
+    );
+    let usage = &v["usage"];
+    let (p, c) = (
+        usage["prompt_tokens"].as_u64().unwrap(),
+        usage["completion_tokens"].as_u64().unwrap(),
+    );
+    assert!(p >= 1);
+    assert_eq!(
+        c,
+        (good_spec("Add a password reset flow").chars().count() / 4) as u64
+    );
+    assert_eq!(usage["total_tokens"].as_u64().unwrap(), p + c);
+    // Ids are unique across answers.
+    assert_ne!(openai_request(&llm, &body).json()["id"], v["id"]);
+}
+
+#[test]
+fn openai_validation_errors() {
+    let llm = FakeLlm::start(Behavior::Good).unwrap();
+    let url = llm.url();
+    let good = openai_body(SPEC_SYSTEM, "x").to_string();
+
+    for auth in [
+        &[][..],
+        &[("authorization", "Bearer ")],
+        &[("authorization", "Basic dXNlcjpwdw==")],
+        &[("x-api-key", "k"), ("anthropic-version", "2023-06-01")],
+    ] {
+        let reply = request(&url, "POST", OPENAI_PATH, auth, &good);
+        assert_eq!(
+            openai_error(&reply),
+            (
+                401,
+                "invalid_request_error".into(),
+                json!("invalid_api_key")
+            ),
+            "{auth:?}"
+        );
+    }
+
+    let bad_bodies: Vec<(&str, String)> = vec![
+        ("not valid JSON", "{not json".to_string()),
+        ("model", json!({"messages": [{"role": "user", "content": "x"}]}).to_string()),
+        ("model", json!({"model": "", "messages": [{"role": "user", "content": "x"}]}).to_string()),
+        ("messages", json!({"model": "m"}).to_string()),
+        ("messages", json!({"model": "m", "messages": []}).to_string()),
+        ("messages", json!({"model": "m", "messages": [{"role": "tool", "content": "x"}]}).to_string()),
+        ("messages", json!({"model": "m", "messages": [{"role": "user", "content": 3}]}).to_string()),
+        ("messages", json!({"model": "m", "messages": [{"role": "user", "content": [{"type": "text"}]}]}).to_string()),
+        ("max_tokens", json!({"model": "m", "max_tokens": 0, "messages": [{"role": "user", "content": "x"}]}).to_string()),
+        ("max_completion_tokens", json!({"model": "m", "max_completion_tokens": "9", "messages": [{"role": "user", "content": "x"}]}).to_string()),
+        ("stream", json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "x"}]}).to_string()),
+        ("bad fakellm marker", openai_body(SPEC_SYSTEM, "[fakellm:nonsense]").to_string()),
+    ];
+    for (what, body) in &bad_bodies {
+        let reply = request(&url, "POST", OPENAI_PATH, &OPENAI_AUTH, body);
+        assert_eq!(
+            openai_error(&reply),
+            (400, "invalid_request_error".into(), Value::Null),
+            "{what}"
+        );
+        let message = reply.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(message.contains(what), "{what}: {message}");
+    }
+
+    let reply = request(&url, "GET", OPENAI_PATH, &OPENAI_AUTH, "");
+    assert_eq!(openai_error(&reply).0, 405);
+    assert_eq!(reply.header("allow"), Some("POST"));
+
+    // Refused before the body is read, still in the route's own envelope.
+    let reply = send_raw(
+        &url,
+        b"POST /v1/chat/completions HTTP/1.1\r\nauthorization: Bearer k\r\nContent-Length: 9437184\r\n\r\n",
+    );
+    assert_eq!(openai_error(&reply).0, 413);
+
+    // The Anthropic route still wants its own headers, Bearer or not.
+    let reply = request(&url, "POST", "/v1/messages", &OPENAI_AUTH, &body_for("x"));
+    assert_eq!(
+        (reply.status, reply.error_type().as_str()),
+        (401, "authentication_error")
+    );
+
+    assert_eq!(llm.request_count(), 4 + bad_bodies.len() + 3);
+    assert_eq!(
+        openai_request(&llm, &openai_body(SPEC_SYSTEM, "x")).status,
+        200
+    );
+}
+
+#[test]
+fn openai_failure_behaviours() {
+    let llm = FakeLlm::start(Behavior::Status(429)).unwrap();
+    let reply = openai_request(&llm, &openai_body(SPEC_SYSTEM, "x"));
+    assert_eq!(
+        openai_error(&reply),
+        (429, "requests".into(), json!("rate_limit_exceeded"))
+    );
+    assert_eq!(reply.header("retry-after"), Some("1"));
+    for code in [500, 503, 529] {
+        llm.set_behavior(Behavior::Status(code));
+        let reply = openai_request(&llm, &openai_body(REVIEW_SYSTEM, "x"));
+        assert_eq!(
+            openai_error(&reply),
+            (code, "server_error".into(), Value::Null)
+        );
+        assert_eq!(reply.header("retry-after"), None);
+    }
+
+    llm.set_behavior(Behavior::Good);
+    let reply = openai_request(&llm, &openai_body(IMPLEMENT_SYSTEM, "[fakellm:garbage] x"));
+    assert_eq!(reply.status, 200);
+    assert!(serde_json::from_str::<Value>(&reply.body).is_err());
+    let reply = openai_request(&llm, &openai_body(SPEC_SYSTEM, "[fakellm:wrong-shape] x"));
+    assert_eq!(reply.json(), json!({"hello": "world"}));
+    let reply = openai_request(&llm, &openai_body(SPEC_SYSTEM, "[fakellm:reset] x"));
+    assert!(reply.raw.is_empty());
+
+    let started = Instant::now();
+    let reply = openai_request(&llm, &openai_body(REVIEW_SYSTEM, "[fakellm:slow=200] x"));
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    assert_eq!(text_and_stop(Api::OpenAi, &reply).0, good_review("x"));
+}
+
+#[test]
+fn openai_hang_is_released_by_shutdown() {
+    let llm = FakeLlm::start(Behavior::Hang).unwrap();
+    let url = llm.url();
+    let body = openai_body(SPEC_SYSTEM, "x").to_string();
+    let client = thread::spawn(move || request(&url, "POST", OPENAI_PATH, &OPENAI_AUTH, &body));
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while llm.request_count() == 0 {
+        assert!(Instant::now() < deadline, "request never arrived");
+        thread::sleep(Duration::from_millis(10));
+    }
+    thread::sleep(Duration::from_millis(100));
+    llm.shutdown();
+    assert!(client.join().unwrap().raw.is_empty());
+}
+
+#[test]
+fn openai_requests_are_recorded() {
+    let llm = FakeLlm::start(Behavior::Good).unwrap();
+    openai_request(&llm, &openai_body(REVIEW_SYSTEM, "Add CSV export"));
+    request(&llm.url(), "POST", OPENAI_PATH, &[], "not json");
+    let recorded = llm.requests();
+    assert_eq!(recorded.len(), 2);
+    assert_eq!(recorded[0].method, "POST");
+    assert_eq!(recorded[0].path, OPENAI_PATH);
+    assert_eq!(recorded[0].header("Authorization"), Some("Bearer sk-test"));
+    let body = recorded[0].body.as_ref().unwrap();
+    assert_eq!(body["max_tokens"], 555);
+    assert_eq!(body["messages"][0]["role"], "system");
+    assert_eq!(recorded[1].header("authorization"), None);
+    assert_eq!(recorded[1].raw_body, "not json");
+}
+
+#[test]
+fn binary_logs_openai_requests_with_their_phase() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fakellm"))
+        .args(["--addr", "127.0.0.1:0", "--behavior", "reject"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim_end()
+        .strip_prefix("fakellm listening on ")
+        .unwrap()
+        .to_string();
+    let body = openai_body(REVIEW_SYSTEM, "x").to_string();
+    let reply = request(&url, "POST", OPENAI_PATH, &OPENAI_AUTH, &body);
+    assert!(
+        text_and_stop(Api::OpenAi, &reply)
+            .0
+            .ends_with("VERDICT: REJECT")
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(
+        stderr.contains("POST /v1/chat/completions -> 200 reject (review)"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn help_describes_both_formats_and_the_new_spellings() {
+    let out = Command::new(env!("CARGO_BIN_EXE_fakellm"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "/v1/messages",
+        "/v1/chat/completions",
+        "reject",
+        "no-diff",
+        "VERDICT:",
+        "unified diff",
+    ] {
+        assert!(help.contains(needle), "{needle}: {help}");
+    }
 }

@@ -1,21 +1,29 @@
--- Claim transaction: take the best claimable ticket and stamp a fresh fencing token.
--- $1 text[] claimable states, $2 integer stale-claim window in minutes (a value, never spliced into the text),
--- $3 text worker name.
+-- Claim transaction: take the best claimable ticket among the states the enabled llm phases claim, and stamp a
+-- fresh fencing token. One index scan per phase (tickets_claim_order) that stops at its first claimable ticket,
+-- then the best of those few: no sort of the waiting tickets, whatever the queue depth.
+-- $1 integer stale-claim window in minutes (a value, never spliced into the text), $2 text worker name.
 WITH candidate AS (
-    SELECT t.id
-    FROM damascus.tickets AS t
-    WHERE t.state = ANY ($1)
-      AND (t.claimed_at IS NULL OR t.claimed_at < now() - make_interval(mins => $2))
-      AND (t.not_before IS NULL OR t.not_before <= now())
-    ORDER BY t.priority DESC, t.created_at, t.id
+    SELECT c.id, p.name AS phase
+    FROM damascus.phases AS p
+    CROSS JOIN LATERAL (
+        SELECT t.id, t.priority, t.created_at
+        FROM damascus.tickets AS t
+        WHERE t.state = p.from_state
+          AND (t.claimed_at IS NULL OR t.claimed_at < now() - make_interval(mins => $1))
+          AND (t.not_before IS NULL OR t.not_before <= now())
+        ORDER BY t.priority DESC, t.created_at, t.id
+        LIMIT 1
+        FOR UPDATE OF t SKIP LOCKED
+    ) AS c
+    WHERE p.enabled AND p.kind = 'llm'
+    ORDER BY c.priority DESC, c.created_at, c.id
     LIMIT 1
-    FOR UPDATE SKIP LOCKED
 )
 UPDATE damascus.tickets AS t
 SET claimed_at  = now(),
-    claimed_by  = $3,
+    claimed_by  = $2,
     claim_token = nextval('damascus.claim_tokens'),
     updated_at  = now()
 FROM candidate
 WHERE t.id = candidate.id
-RETURNING t.id, t.state, t.claim_token, txid_current()
+RETURNING t.id, t.state, candidate.phase, t.claim_token, txid_current()

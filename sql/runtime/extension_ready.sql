@@ -1,2 +1,3 @@
--- Is the extension created in this database? Workers wait quietly until it is.
-SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'damascus')
+-- Which version of the extension is created in this database (no row: none). Workers wait quietly until it
+-- is the version of the loaded library.
+SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'damascus'

@@ -273,3 +273,115 @@ pub fn age_claim(c: &mut Client, id: i64, minutes: i32) {
     )
     .unwrap();
 }
+
+/// A setting changed with `ALTER SYSTEM` for one test, put back to the value it had when the guard drops,
+/// even if the test fails. (Not `ALTER SYSTEM RESET`: pgrx-tests writes the boot settings, such as the
+/// test API key, into postgresql.auto.conf too, and a reset would drop them.)
+pub struct ConfGuard {
+    name: &'static str,
+    before: String,
+}
+
+pub fn set_conf_for_test(name: &'static str, value: &str) -> ConfGuard {
+    let before: String = client()
+        .query_one("SELECT current_setting($1)", &[&name])
+        .unwrap()
+        .get(0);
+    set_conf(name, value);
+    ConfGuard { name, before }
+}
+
+impl Drop for ConfGuard {
+    fn drop(&mut self) {
+        set_conf(self.name, &self.before);
+    }
+}
+
+/// Restores `damascus.phases` as it was when the guard was made, so a test that rearranges the pipeline
+/// leaves the default one to the next test even when it fails.
+pub struct PhasesGuard(String);
+
+pub fn keep_phases() -> PhasesGuard {
+    let rows: String = client()
+        .query_one(
+            "SELECT coalesce(jsonb_agg(to_jsonb(p)), '[]')::text FROM damascus.phases AS p",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    PhasesGuard(rows)
+}
+
+impl Drop for PhasesGuard {
+    fn drop(&mut self) {
+        let mut c = client();
+        let mut tx = c.transaction().unwrap();
+        tx.batch_execute("DELETE FROM damascus.phases").unwrap();
+        tx.execute(
+            "INSERT INTO damascus.phases SELECT * FROM jsonb_populate_recordset(NULL::damascus.phases, $1::text::jsonb)",
+            &[&self.0],
+        )
+        .unwrap();
+        tx.commit().unwrap();
+    }
+}
+
+/// A fingerprint of the whole phases table, to show a refused change left it as it was.
+pub fn phases_fingerprint(c: &mut Client) -> String {
+    c.query_one(
+        "SELECT md5(string_agg(p::text, '|' ORDER BY p.name)) FROM damascus.phases AS p",
+        &[],
+    )
+    .unwrap()
+    .get(0)
+}
+
+/// The ticket's accepted output of `phase`.
+pub fn output(c: &mut Client, id: i64, phase: &str) -> Option<String> {
+    c.query_one(
+        "SELECT outputs->>$2 FROM damascus.tickets WHERE id = $1",
+        &[&id, &phase],
+    )
+    .unwrap()
+    .get(0)
+}
+
+/// Ticks until nothing is claimable (at most `limit` times) and returns every row.
+pub fn tick_until_idle(c: &mut Client, limit: usize) -> Vec<TickRow> {
+    let mut rows = Vec::new();
+    for _ in 0..limit {
+        match tick(c) {
+            Some(r) => rows.push(r),
+            None => return rows,
+        }
+    }
+    panic!("still claimable after {limit} ticks: {rows:?}");
+}
+
+/// The user message text of a recorded request in either wire format.
+pub fn user_text(r: &fakellm::RecordedRequest) -> String {
+    let body = r.body.as_ref().expect("a JSON request body");
+    let messages = body["messages"].as_array().expect("messages");
+    messages
+        .iter()
+        .filter(|m| m["role"] == "user")
+        .filter_map(|m| m["content"].as_str())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The system prompt of a recorded request in either wire format.
+pub fn system_text(r: &fakellm::RecordedRequest) -> String {
+    let body = r.body.as_ref().expect("a JSON request body");
+    if let Some(s) = body["system"].as_str() {
+        return s.to_string();
+    }
+    body["messages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["role"] == "system")
+        .filter_map(|m| m["content"].as_str())
+        .collect::<Vec<_>>()
+        .join("\n")
+}

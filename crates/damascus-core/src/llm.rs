@@ -4,7 +4,7 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::core::wire::{CallError, Codec, Completion, HttpRequest, LlmConfig, Prompt};
+use crate::wire::{CallError, Codec, Completion, HttpRequest, LlmConfig, Prompt};
 
 /// Largest response body we read; a spec is a few kilobytes.
 const MAX_RESPONSE_BYTES: u64 = 8 * 1024 * 1024;
@@ -36,6 +36,9 @@ fn agent(cfg: &LlmConfig) -> ureq::Agent {
 fn block_all_signals() {
     // Postgres' signal handlers (pgrx's included) must run on the main thread only; a handler
     // run here would call Postgres from a foreign thread. Threads ureq spawns inherit this mask.
+    // SAFETY: `set` is a plain C struct for which all-zero bytes are a valid value, and it is
+    // fully initialised by sigfillset before use; pthread_sigmask only reads it, and a null
+    // old-set pointer is allowed. Both calls touch only this thread's signal state.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut set);
@@ -46,6 +49,7 @@ fn block_all_signals() {
 fn wake_main_thread() {
     // Process-directed SIGUSR1 lands on the only thread that does not block it, the main
     // thread, whose Postgres handler sets its latch; no Postgres API is called from here.
+    // SAFETY: getpid and kill take plain integers and have no memory-safety preconditions.
     unsafe {
         libc::kill(libc::getpid(), libc::SIGUSR1);
     }
@@ -171,7 +175,7 @@ impl Drop for InFlight {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::wire::Anthropic;
+    use crate::wire::{Anthropic, OpenAi, Provider};
     use fakellm::{Behavior, FakeLlm};
 
     fn cfg(url: String, timeout: Duration) -> LlmConfig {
@@ -212,7 +216,7 @@ mod tests {
             false,
         ));
         let c = out.result.unwrap();
-        assert_eq!(crate::core::spec::validate(&c.text), Ok(()));
+        assert_eq!(crate::spec::validate(&c.text), Ok(()));
         let reqs = server.requests();
         assert_eq!(reqs.len(), 1);
         assert_eq!(reqs[0].header("x-api-key"), Some("k"));
@@ -303,6 +307,68 @@ mod tests {
             t.elapsed() < Duration::from_secs(2),
             "cancel took {:?}",
             t.elapsed()
+        );
+    }
+
+    #[test]
+    fn openai_real_http_round_trip() {
+        let server = FakeLlm::start(Behavior::Good).unwrap();
+        let out = wait(InFlight::start(
+            &OpenAi,
+            &cfg(server.url(), Duration::from_secs(5)),
+            &prompt(),
+            false,
+        ));
+        let c = out.result.unwrap();
+        assert_eq!(crate::spec::validate(&c.text), Ok(()));
+        assert_eq!(c.stop_reason.as_deref(), Some("stop"));
+        assert!(!c.truncated());
+        let reqs = server.requests();
+        assert_eq!(reqs.len(), 1);
+        assert_eq!(reqs[0].method, "POST");
+        assert_eq!(reqs[0].path, "/v1/chat/completions");
+        assert_eq!(reqs[0].header("authorization"), Some("Bearer k"));
+        assert_eq!(reqs[0].header("x-api-key"), None);
+        let body = reqs[0].body.as_ref().unwrap();
+        assert_eq!(body["max_tokens"], 4000);
+        assert_eq!(body["messages"][0]["role"], "system");
+        assert_eq!(body["messages"][1]["content"], "Health endpoint");
+    }
+
+    #[test]
+    fn openai_truncated_answer_is_judged_truncated() {
+        let server = FakeLlm::start(Behavior::Good).unwrap();
+        let mut p = prompt();
+        p.user.push_str(" [fakellm:truncated]");
+        let out = wait(InFlight::start(
+            Provider::OpenAi.codec(),
+            &cfg(server.url(), Duration::from_secs(5)),
+            &p,
+            false,
+        ));
+        let c = out.result.unwrap();
+        assert!(c.truncated());
+        assert_eq!(c.stop_reason.as_deref(), Some("length"));
+        assert_eq!(c.output_tokens, Some(4000));
+        assert!(crate::spec::validate(&c.text).is_err());
+    }
+
+    #[test]
+    fn openai_status_errors_keep_status_and_message() {
+        let server = FakeLlm::start(Behavior::Status(429)).unwrap();
+        let out = wait(InFlight::start(
+            &OpenAi,
+            &cfg(server.url(), Duration::from_secs(5)),
+            &prompt(),
+            false,
+        ));
+        let Err(CallError::Http { status, message }) = out.result else {
+            panic!("expected an HTTP error, got {:?}", out.result)
+        };
+        assert_eq!(status, 429);
+        assert!(
+            message.starts_with("requests (rate_limit_exceeded): "),
+            "{message}"
         );
     }
 }

@@ -1,6 +1,6 @@
-//! Judges a refined spec's structure with a real Markdown parser: six `##` sections, in order, each with content.
+//! Judges a refined spec's structure with a real Markdown parser: six `##` sections, in order, each with content; the generic rule lives in `core::validate`.
 
-use pulldown_cmark::{Event, HeadingLevel, Parser, Tag, TagEnd};
+use crate::validate::{SectionProblem, section_problem};
 use std::fmt;
 
 /// The sections a spec must have, in this order.
@@ -14,7 +14,11 @@ pub const SECTIONS: [&str; 6] = [
 ];
 
 const ACCEPTANCE: usize = 2;
-const TEST_COMMAND: usize = 5;
+
+/// Whether `SECTIONS[idx]` must hold a numbered item.
+pub(crate) fn is_numbered(idx: usize) -> bool {
+    idx == ACCEPTANCE
+}
 
 /// What is wrong with a spec; the first problem found, in document order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,12 +26,12 @@ pub enum SpecProblem {
     Missing(&'static str),
     Empty(&'static str),
     Duplicate(&'static str),
+    /// `section` appears before `after`, which the list puts first.
     OutOfOrder {
         section: &'static str,
         after: &'static str,
     },
     NoNumberedCriteria,
-    NoTestCommand,
 }
 
 impl fmt::Display for SpecProblem {
@@ -39,112 +43,35 @@ impl fmt::Display for SpecProblem {
             SpecProblem::OutOfOrder { section, after } => {
                 write!(
                     f,
-                    "section \"## {section}\" must come before \"## {after}\""
+                    "section \"## {after}\" must come before \"## {section}\""
                 )
             }
-            SpecProblem::NoNumberedCriteria => {
-                write!(f, "section \"## Acceptance Criteria\" has no numbered item")
-            }
-            SpecProblem::NoTestCommand => {
-                write!(f, "section \"## Test Command\" has no command")
-            }
+            SpecProblem::NoNumberedCriteria => write!(
+                f,
+                "section \"## {}\" has no numbered item",
+                SECTIONS[ACCEPTANCE]
+            ),
         }
     }
-}
-
-#[derive(Default)]
-struct Section {
-    seen_at: Option<usize>,
-    text: String,
-    numbered_items: usize,
-}
-
-fn canonical(heading: &str) -> Option<usize> {
-    let h = heading.trim().trim_end_matches(':').trim();
-    SECTIONS.iter().position(|s| s.eq_ignore_ascii_case(h))
 }
 
 /// Checks a spec. Only real level-2 headings count: a `## Test Command` line inside a code fence is text.
 pub fn validate(markdown: &str) -> Result<(), SpecProblem> {
-    let mut sections: [Section; 6] = Default::default();
-    let mut current: Option<usize> = None;
-    let mut in_heading: Option<String> = None;
-    let mut list_is_ordered: Vec<bool> = Vec::new();
-    let mut order = 0usize;
-
-    for event in Parser::new(markdown) {
-        match event {
-            Event::Start(Tag::Heading {
-                level: HeadingLevel::H2,
-                ..
-            }) => {
-                in_heading = Some(String::new());
-            }
-            Event::End(TagEnd::Heading(HeadingLevel::H2)) => {
-                let text = in_heading.take().unwrap_or_default();
-                current = canonical(&text);
-                if let Some(idx) = current {
-                    if sections[idx].seen_at.is_some() {
-                        return Err(SpecProblem::Duplicate(SECTIONS[idx]));
-                    }
-                    sections[idx].seen_at = Some(order);
-                    order += 1;
-                }
-            }
-            Event::Start(Tag::Heading {
-                level: HeadingLevel::H1,
-                ..
-            }) => {
-                // A new document title ends whatever section was open.
-                current = None;
-            }
-            Event::Start(Tag::List(first)) => list_is_ordered.push(first.is_some()),
-            Event::End(TagEnd::List(_)) => {
-                list_is_ordered.pop();
-            }
-            Event::Start(Tag::Item) => {
-                if let (Some(idx), Some(true)) = (current, list_is_ordered.last()) {
-                    sections[idx].numbered_items += 1;
-                }
-            }
-            Event::Text(t) | Event::Code(t) | Event::Html(t) | Event::InlineHtml(t) => {
-                if let Some(h) = in_heading.as_mut() {
-                    h.push_str(&t);
-                } else if let Some(idx) = current {
-                    sections[idx].text.push_str(&t);
-                    sections[idx].text.push(' ');
-                }
-            }
-            _ => {}
-        }
+    let rules = SECTIONS
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (*s, is_numbered(i)));
+    match section_problem(rules, markdown) {
+        None => Ok(()),
+        Some(SectionProblem::Missing(i)) => Err(SpecProblem::Missing(SECTIONS[i])),
+        Some(SectionProblem::Empty(i)) => Err(SpecProblem::Empty(SECTIONS[i])),
+        Some(SectionProblem::Duplicate(i)) => Err(SpecProblem::Duplicate(SECTIONS[i])),
+        Some(SectionProblem::OutOfOrder { first, second }) => Err(SpecProblem::OutOfOrder {
+            section: SECTIONS[second],
+            after: SECTIONS[first],
+        }),
+        Some(SectionProblem::NotNumbered(_)) => Err(SpecProblem::NoNumberedCriteria),
     }
-
-    for (idx, name) in SECTIONS.iter().enumerate() {
-        if sections[idx].seen_at.is_none() {
-            return Err(SpecProblem::Missing(name));
-        }
-    }
-    for idx in 1..SECTIONS.len() {
-        if sections[idx].seen_at < sections[idx - 1].seen_at {
-            return Err(SpecProblem::OutOfOrder {
-                section: SECTIONS[idx],
-                after: SECTIONS[idx - 1],
-            });
-        }
-    }
-    for (idx, name) in SECTIONS.iter().enumerate() {
-        if sections[idx].text.trim().is_empty() {
-            return Err(if idx == TEST_COMMAND {
-                SpecProblem::NoTestCommand
-            } else {
-                SpecProblem::Empty(name)
-            });
-        }
-    }
-    if sections[ACCEPTANCE].numbered_items == 0 {
-        return Err(SpecProblem::NoNumberedCriteria);
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -191,7 +118,11 @@ mod tests {
     #[test]
     fn test_command_must_hold_a_command() {
         let spec = good().replace("```sh\ncargo test\n```\n", "```sh\n```\n");
-        assert_eq!(validate(&spec), Err(SpecProblem::NoTestCommand));
+        assert_eq!(validate(&spec), Err(SpecProblem::Empty("Test Command")));
+        assert_eq!(
+            validate(&spec).unwrap_err().to_string(),
+            "section \"## Test Command\" is empty"
+        );
     }
 
     #[test]
@@ -223,6 +154,18 @@ mod tests {
                 section: "Context",
                 after: "Summary"
             })
+        );
+    }
+
+    #[test]
+    fn out_of_order_message_names_the_section_that_must_come_first() {
+        let problem = SpecProblem::OutOfOrder {
+            section: "Context",
+            after: "Summary",
+        };
+        assert_eq!(
+            problem.to_string(),
+            "section \"## Summary\" must come before \"## Context\""
         );
     }
 

@@ -1,0 +1,720 @@
+//! LLM wire formats: one provider-neutral request/response model and a codec per provider (Anthropic Messages, OpenAI Chat Completions).
+
+use serde_json::{Value, json};
+use std::fmt;
+use std::time::Duration;
+
+/// Where and how to call the LLM; copied from settings on the main thread.
+#[derive(Clone, PartialEq, Eq)]
+pub struct LlmConfig {
+    pub base_url: String,
+    pub model: String,
+    pub api_key: Option<String>,
+    pub timeout: Duration,
+}
+
+impl fmt::Debug for LlmConfig {
+    // The key is a secret: it never reaches a log line through Debug.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LlmConfig")
+            .field("base_url", &self.base_url)
+            .field("model", &self.model)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<set>"))
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// What a phase asks of the model, independent of provider.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prompt {
+    pub system: String,
+    pub user: String,
+    pub max_tokens: u32,
+}
+
+/// A fully built HTTP request; the transport sends it as is.
+#[derive(Clone, PartialEq, Eq)]
+pub struct HttpRequest {
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl fmt::Debug for HttpRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let headers: Vec<_> = self
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str(),
+                    if is_secret_header(k) {
+                        "<redacted>"
+                    } else {
+                        v.as_str()
+                    },
+                )
+            })
+            .collect();
+        f.debug_struct("HttpRequest")
+            .field("url", &self.url)
+            .field("headers", &headers)
+            .field("body_len", &self.body.len())
+            .finish()
+    }
+}
+
+/// Headers that carry a key, under either provider's scheme; names are case-insensitive.
+fn is_secret_header(name: &str) -> bool {
+    name.eq_ignore_ascii_case("x-api-key") || name.eq_ignore_ascii_case("authorization")
+}
+
+/// A model's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completion {
+    pub text: String,
+    pub stop_reason: Option<String>,
+    pub input_tokens: Option<i64>,
+    pub output_tokens: Option<i64>,
+}
+
+/// The stop reasons that mean "hit the token cap": Anthropic's and OpenAI's words for it.
+const TRUNCATION_STOP_REASONS: [&str; 2] = ["max_tokens", "length"];
+
+impl Completion {
+    /// True when the provider says it stopped because the token cap was reached.
+    /// `stop_reason` keeps the provider's own word, so this is the one place that knows both.
+    pub fn truncated(&self) -> bool {
+        self.stop_reason
+            .as_deref()
+            .is_some_and(|r| TRUNCATION_STOP_REASONS.contains(&r))
+    }
+}
+
+/// Why a call produced no usable answer. None of these is the ticket's fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallError {
+    /// No HTTP response: connection refused, reset, DNS, timeout.
+    Transport(String),
+    /// An HTTP response that is not a success.
+    Http { status: u16, message: String },
+    /// A success status with a body that is not the wire format.
+    Malformed { status: u16, message: String },
+}
+
+impl CallError {
+    pub fn http_status(&self) -> Option<u16> {
+        match self {
+            CallError::Transport(_) => None,
+            CallError::Http { status, .. } | CallError::Malformed { status, .. } => Some(*status),
+        }
+    }
+}
+
+impl fmt::Display for CallError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CallError::Transport(m) => write!(f, "transport error: {m}"),
+            CallError::Http { status, message } => write!(f, "HTTP {status}: {message}"),
+            CallError::Malformed { status, message } => {
+                write!(f, "unreadable response (HTTP {status}): {message}")
+            }
+        }
+    }
+}
+
+/// A provider's wire format: how to build its request and read its response.
+pub trait Codec: Send + Sync {
+    fn build(&self, cfg: &LlmConfig, prompt: &Prompt) -> HttpRequest;
+    fn parse(&self, status: u16, body: &str) -> Result<Completion, CallError>;
+}
+
+/// The LLM providers damascus can talk to, one codec each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Provider {
+    Anthropic,
+    OpenAi,
+}
+
+impl Provider {
+    pub const ALL: [Provider; 2] = [Provider::Anthropic, Provider::OpenAi];
+
+    /// Parses a setting value; case and surrounding blanks do not matter, so `OpenAI` works.
+    pub fn parse(s: &str) -> Result<Provider, String> {
+        let wanted = s.trim();
+        Provider::ALL
+            .into_iter()
+            .find(|p| p.name().eq_ignore_ascii_case(wanted))
+            .ok_or_else(|| {
+                let allowed: Vec<&str> = Provider::ALL.iter().map(|p| p.name()).collect();
+                format!(
+                    "unknown LLM provider {s:?}; expected one of: {}",
+                    allowed.join(", ")
+                )
+            })
+    }
+
+    /// The spelling `parse` accepts and settings show.
+    pub fn name(self) -> &'static str {
+        match self {
+            Provider::Anthropic => "anthropic",
+            Provider::OpenAi => "openai",
+        }
+    }
+
+    pub fn codec(self) -> &'static dyn Codec {
+        match self {
+            Provider::Anthropic => &Anthropic,
+            Provider::OpenAi => &OpenAi,
+        }
+    }
+}
+
+impl fmt::Display for Provider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The Anthropic Messages API.
+pub struct Anthropic;
+
+/// The OpenAI Chat Completions API, also spoken by many OpenAI-compatible servers.
+pub struct OpenAi;
+
+/// The API version header value this codec speaks.
+pub const ANTHROPIC_VERSION: &str = "2023-06-01";
+
+const MAX_ERROR_CHARS: usize = 500;
+
+fn clip(s: &str) -> String {
+    if s.chars().count() <= MAX_ERROR_CHARS {
+        s.to_string()
+    } else {
+        let mut out: String = s.chars().take(MAX_ERROR_CHARS).collect();
+        out.push('…');
+        out
+    }
+}
+
+impl Codec for Anthropic {
+    fn build(&self, cfg: &LlmConfig, prompt: &Prompt) -> HttpRequest {
+        let body = json!({
+            "model": cfg.model,
+            "max_tokens": prompt.max_tokens,
+            "system": prompt.system,
+            "messages": [{"role": "user", "content": prompt.user}],
+        });
+        let mut headers = vec![
+            ("content-type".to_string(), "application/json".to_string()),
+            (
+                "anthropic-version".to_string(),
+                ANTHROPIC_VERSION.to_string(),
+            ),
+        ];
+        // Without a key the header is left out, so the API's own 401 says what is missing.
+        if let Some(key) = cfg.api_key.as_ref().filter(|k| !k.is_empty()) {
+            headers.push(("x-api-key".into(), key.clone()));
+        }
+        HttpRequest {
+            url: format!("{}/v1/messages", cfg.base_url.trim_end_matches('/')),
+            headers,
+            body: body.to_string(),
+        }
+    }
+
+    fn parse(&self, status: u16, body: &str) -> Result<Completion, CallError> {
+        let json: Result<Value, _> = serde_json::from_str(body);
+        if !(200..300).contains(&status) {
+            let message = json
+                .ok()
+                .and_then(|v| {
+                    let e = v.get("error")?;
+                    let kind = e.get("type").and_then(Value::as_str).unwrap_or("error");
+                    let msg = e.get("message").and_then(Value::as_str).unwrap_or("");
+                    Some(format!("{kind}: {msg}"))
+                })
+                .unwrap_or_else(|| clip(body.trim()));
+            return Err(CallError::Http {
+                status,
+                message: clip(&message),
+            });
+        }
+        let malformed = |message: String| CallError::Malformed { status, message };
+        let v = json.map_err(|e| malformed(format!("not JSON ({e}): {}", clip(body.trim()))))?;
+        if v.get("type").and_then(Value::as_str) != Some("message") {
+            return Err(malformed(format!(
+                "not a message object: {}",
+                clip(&v.to_string())
+            )));
+        }
+        let blocks = v
+            .get("content")
+            .and_then(Value::as_array)
+            .ok_or_else(|| malformed("message has no content array".into()))?;
+        let text: String = blocks
+            .iter()
+            .filter(|b| b.get("type").and_then(Value::as_str) == Some("text"))
+            .filter_map(|b| b.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join("");
+        let usage = v.get("usage");
+        let tokens = |k: &str| usage.and_then(|u| u.get(k)).and_then(Value::as_i64);
+        Ok(Completion {
+            text,
+            stop_reason: v
+                .get("stop_reason")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            input_tokens: tokens("input_tokens"),
+            output_tokens: tokens("output_tokens"),
+        })
+    }
+}
+
+/// `error.message` with the `type` and `code` that classify it, as far as they are present;
+/// a string `error` (some compatible servers send one) is taken as the message itself.
+fn openai_error_message(v: &Value) -> Option<String> {
+    let e = v.get("error")?;
+    if let Some(msg) = e.as_str() {
+        return Some(msg.to_string());
+    }
+    let msg = e.get("message").and_then(Value::as_str).unwrap_or("");
+    let kind = e.get("type").and_then(Value::as_str);
+    let code = e.get("code").and_then(|c| match c {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    });
+    let label = match (kind, code) {
+        (Some(kind), Some(code)) => format!("{kind} ({code})"),
+        (Some(kind), None) => kind.to_string(),
+        (None, Some(code)) => code,
+        (None, None) => return Some(msg.to_string()),
+    };
+    Some(format!("{label}: {msg}"))
+}
+
+impl Codec for OpenAi {
+    fn build(&self, cfg: &LlmConfig, prompt: &Prompt) -> HttpRequest {
+        let mut messages = Vec::with_capacity(2);
+        // An empty system message is noise at best; some compatible servers refuse it.
+        if !prompt.system.is_empty() {
+            messages.push(json!({"role": "system", "content": prompt.system}));
+        }
+        messages.push(json!({"role": "user", "content": prompt.user}));
+        let body = json!({
+            "model": cfg.model,
+            "max_tokens": prompt.max_tokens,
+            "messages": messages,
+        });
+        let mut headers = vec![("content-type".to_string(), "application/json".to_string())];
+        // Without a key the header is left out, so the API's own 401 says what is missing.
+        if let Some(key) = cfg.api_key.as_ref().filter(|k| !k.is_empty()) {
+            headers.push(("authorization".into(), format!("Bearer {key}")));
+        }
+        HttpRequest {
+            url: format!("{}/v1/chat/completions", cfg.base_url.trim_end_matches('/')),
+            headers,
+            body: body.to_string(),
+        }
+    }
+
+    fn parse(&self, status: u16, body: &str) -> Result<Completion, CallError> {
+        let json: Result<Value, _> = serde_json::from_str(body);
+        if !(200..300).contains(&status) {
+            let message = json
+                .ok()
+                .as_ref()
+                .and_then(openai_error_message)
+                .unwrap_or_else(|| clip(body.trim()));
+            return Err(CallError::Http {
+                status,
+                message: clip(&message),
+            });
+        }
+        let malformed = |message: String| CallError::Malformed { status, message };
+        let v = json.map_err(|e| malformed(format!("not JSON ({e}): {}", clip(body.trim()))))?;
+        let choice = v
+            .get("choices")
+            .and_then(Value::as_array)
+            .ok_or_else(|| {
+                malformed(format!(
+                    "not a chat completion (no choices array): {}",
+                    clip(&v.to_string())
+                ))
+            })?
+            .first()
+            .ok_or_else(|| malformed("chat completion has no choices".into()))?;
+        let message = choice.get("message");
+        let text = message
+            .and_then(|m| m.get("content"))
+            .and_then(Value::as_str)
+            .ok_or_else(|| {
+                // A refusal comes back as null content plus a `refusal` string; say so.
+                let refusal = message
+                    .and_then(|m| m.get("refusal"))
+                    .and_then(Value::as_str)
+                    .map(|r| format!(" (refusal: {})", clip(r)))
+                    .unwrap_or_default();
+                malformed(format!(
+                    "choices[0].message.content is not a string{refusal}"
+                ))
+            })?;
+        let usage = v.get("usage");
+        let tokens = |k: &str| usage.and_then(|u| u.get(k)).and_then(Value::as_i64);
+        Ok(Completion {
+            text: text.to_string(),
+            stop_reason: choice
+                .get("finish_reason")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            input_tokens: tokens("prompt_tokens"),
+            output_tokens: tokens("completion_tokens"),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> LlmConfig {
+        LlmConfig {
+            base_url: "http://127.0.0.1:9/".into(),
+            model: "m1".into(),
+            api_key: Some("sk-secret".into()),
+            timeout: Duration::from_secs(5),
+        }
+    }
+
+    #[test]
+    fn builds_a_messages_request() {
+        let p = Prompt {
+            system: "sys".into(),
+            user: "hi".into(),
+            max_tokens: 4000,
+        };
+        let r = Anthropic.build(&cfg(), &p);
+        assert_eq!(r.url, "http://127.0.0.1:9/v1/messages");
+        assert!(
+            r.headers
+                .contains(&("anthropic-version".into(), "2023-06-01".into()))
+        );
+        assert!(
+            r.headers
+                .contains(&("x-api-key".into(), "sk-secret".into()))
+        );
+        let body: Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(body["model"], "m1");
+        assert_eq!(body["max_tokens"], 4000);
+        assert_eq!(body["system"], "sys");
+        assert_eq!(body["messages"][0]["role"], "user");
+        assert_eq!(body["messages"][0]["content"], "hi");
+    }
+
+    #[test]
+    fn no_key_means_no_key_header() {
+        let p = Prompt {
+            system: "s".into(),
+            user: "u".into(),
+            max_tokens: 1,
+        };
+        let mut c = cfg();
+        c.api_key = None;
+        assert!(
+            !Anthropic
+                .build(&c, &p)
+                .headers
+                .iter()
+                .any(|(k, _)| k == "x-api-key")
+        );
+    }
+
+    #[test]
+    fn debug_output_hides_the_key() {
+        let p = Prompt {
+            system: "s".into(),
+            user: "u".into(),
+            max_tokens: 1,
+        };
+        let shown = format!("{:?} {:?}", cfg(), Anthropic.build(&cfg(), &p));
+        assert!(!shown.contains("sk-secret"), "{shown}");
+    }
+
+    #[test]
+    fn parses_a_message() {
+        let body = r#"{"id":"msg_1","type":"message","role":"assistant","model":"m1",
+            "content":[{"type":"text","text":"Hello "},{"type":"text","text":"world"}],
+            "stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":12,"output_tokens":3}}"#;
+        let c = Anthropic.parse(200, body).unwrap();
+        assert_eq!(c.text, "Hello world");
+        assert_eq!(c.stop_reason.as_deref(), Some("end_turn"));
+        assert_eq!((c.input_tokens, c.output_tokens), (Some(12), Some(3)));
+        assert!(!c.truncated());
+    }
+
+    #[test]
+    fn max_tokens_stop_is_truncation() {
+        let body = r###"{"type":"message","content":[{"type":"text","text":"## Sum"}],"stop_reason":"max_tokens"}"###;
+        assert!(Anthropic.parse(200, body).unwrap().truncated());
+    }
+
+    #[test]
+    fn error_status_reads_the_error_object() {
+        let body = r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
+        assert_eq!(
+            Anthropic.parse(529, body),
+            Err(CallError::Http {
+                status: 529,
+                message: "overloaded_error: Overloaded".into()
+            })
+        );
+        assert_eq!(
+            Anthropic.parse(502, "<html>bad gateway</html>"),
+            Err(CallError::Http {
+                status: 502,
+                message: "<html>bad gateway</html>".into()
+            })
+        );
+    }
+
+    #[test]
+    fn garbage_and_wrong_shapes_are_malformed() {
+        assert!(matches!(
+            Anthropic.parse(200, "<html>oops"),
+            Err(CallError::Malformed { status: 200, .. })
+        ));
+        assert!(matches!(
+            Anthropic.parse(200, r#"{"hello":"world"}"#),
+            Err(CallError::Malformed { .. })
+        ));
+        assert!(matches!(
+            Anthropic.parse(200, r#"{"type":"message"}"#),
+            Err(CallError::Malformed { .. })
+        ));
+    }
+
+    #[test]
+    fn long_error_bodies_are_clipped() {
+        let body = "x".repeat(10_000);
+        let CallError::Http { message, .. } = Anthropic.parse(500, &body).unwrap_err() else {
+            panic!("expected an HTTP error")
+        };
+        assert!(message.chars().count() <= MAX_ERROR_CHARS + 1);
+    }
+
+    fn prompt(system: &str) -> Prompt {
+        Prompt {
+            system: system.into(),
+            user: "Ticket #1: hi".into(),
+            max_tokens: 4000,
+        }
+    }
+
+    #[test]
+    fn builds_a_chat_completions_request() {
+        let r = OpenAi.build(&cfg(), &prompt("sys"));
+        assert_eq!(r.url, "http://127.0.0.1:9/v1/chat/completions");
+        assert_eq!(
+            r.headers,
+            vec![
+                ("content-type".to_string(), "application/json".to_string()),
+                ("authorization".to_string(), "Bearer sk-secret".to_string()),
+            ]
+        );
+        let body: Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(
+            body,
+            json!({
+                "model": "m1",
+                "max_tokens": 4000,
+                "messages": [
+                    {"role": "system", "content": "sys"},
+                    {"role": "user", "content": "Ticket #1: hi"},
+                ],
+            })
+        );
+    }
+
+    #[test]
+    fn openai_omits_an_empty_system_message_and_a_missing_key() {
+        let mut c = cfg();
+        c.api_key = Some(String::new());
+        let r = OpenAi.build(&c, &prompt(""));
+        assert!(!r.headers.iter().any(|(k, _)| k == "authorization"));
+        let body: Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(
+            body["messages"],
+            json!([{"role": "user", "content": "Ticket #1: hi"}])
+        );
+        c.api_key = None;
+        assert_eq!(OpenAi.build(&c, &prompt("")).headers.len(), 1);
+    }
+
+    #[test]
+    fn debug_output_hides_the_bearer_key() {
+        let r = OpenAi.build(&cfg(), &prompt("s"));
+        let shown = format!("{r:?}");
+        assert!(!shown.contains("sk-secret"), "{shown}");
+        assert!(shown.contains("authorization") && shown.contains("<redacted>"));
+        let shouting = HttpRequest {
+            headers: vec![("Authorization".into(), "Bearer sk-secret".into())],
+            ..r
+        };
+        assert!(!format!("{shouting:?}").contains("sk-secret"));
+    }
+
+    #[test]
+    fn parses_a_chat_completion() {
+        let body = r#"{"id":"chatcmpl-1","object":"chat.completion","created":1700000000,"model":"m1",
+            "choices":[{"index":0,"message":{"role":"assistant","content":"Hello world"},"finish_reason":"stop"}],
+            "usage":{"prompt_tokens":12,"completion_tokens":3,"total_tokens":15}}"#;
+        assert_eq!(
+            OpenAi.parse(200, body),
+            Ok(Completion {
+                text: "Hello world".into(),
+                stop_reason: Some("stop".into()),
+                input_tokens: Some(12),
+                output_tokens: Some(3),
+            })
+        );
+        assert!(!OpenAi.parse(200, body).unwrap().truncated());
+    }
+
+    #[test]
+    fn length_finish_is_truncation_and_keeps_its_word() {
+        let body = r###"{"id":"chatcmpl-2","object":"chat.completion","created":1700000000,"model":"m1",
+            "choices":[{"index":0,"message":{"role":"assistant","content":"## Sum"},"finish_reason":"length"}],
+            "usage":{"prompt_tokens":9,"completion_tokens":4000,"total_tokens":4009}}"###;
+        let c = OpenAi.parse(200, body).unwrap();
+        assert!(c.truncated());
+        assert_eq!(c.stop_reason.as_deref(), Some("length"));
+        assert_eq!(c.output_tokens, Some(4000));
+    }
+
+    #[test]
+    fn truncation_is_only_the_cap_words() {
+        let with = |r: Option<&str>| Completion {
+            text: String::new(),
+            stop_reason: r.map(str::to_string),
+            input_tokens: None,
+            output_tokens: None,
+        };
+        assert!(with(Some("max_tokens")).truncated());
+        assert!(with(Some("length")).truncated());
+        for other in [
+            None,
+            Some("end_turn"),
+            Some("stop"),
+            Some("content_filter"),
+            Some("LENGTH"),
+        ] {
+            assert!(!with(other).truncated(), "{other:?}");
+        }
+    }
+
+    #[test]
+    fn openai_error_envelope_is_read() {
+        let body = r#"{"error":{"message":"Rate limit reached","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#;
+        assert_eq!(
+            OpenAi.parse(429, body),
+            Err(CallError::Http {
+                status: 429,
+                message: "requests (rate_limit_exceeded): Rate limit reached".into()
+            })
+        );
+        let body = r#"{"error":{"message":"The server had an error","type":"server_error","param":null,"code":null}}"#;
+        assert_eq!(
+            OpenAi.parse(500, body),
+            Err(CallError::Http {
+                status: 500,
+                message: "server_error: The server had an error".into()
+            })
+        );
+        assert_eq!(
+            OpenAi.parse(
+                401,
+                r#"{"error":{"message":"bad key","code":"invalid_api_key"}}"#
+            ),
+            Err(CallError::Http {
+                status: 401,
+                message: "invalid_api_key: bad key".into()
+            })
+        );
+        assert_eq!(
+            OpenAi.parse(400, r#"{"error":"model not loaded"}"#),
+            Err(CallError::Http {
+                status: 400,
+                message: "model not loaded".into()
+            })
+        );
+        assert_eq!(
+            OpenAi.parse(502, "<html>bad gateway</html>"),
+            Err(CallError::Http {
+                status: 502,
+                message: "<html>bad gateway</html>".into()
+            })
+        );
+        let CallError::Http { message, .. } = OpenAi.parse(500, &"x".repeat(10_000)).unwrap_err()
+        else {
+            panic!("expected an HTTP error")
+        };
+        assert!(message.chars().count() <= MAX_ERROR_CHARS + 1);
+    }
+
+    #[test]
+    fn openai_garbage_and_wrong_shapes_are_malformed() {
+        for body in [
+            "<html>oops",
+            r#"{"hello":"world"}"#,
+            r#"{"choices":[]}"#,
+            r#"{"choices":[{"index":0,"finish_reason":"stop"}]}"#,
+            r#"{"choices":[{"message":{"role":"assistant","content":null},"finish_reason":"stop"}]}"#,
+            r#"{"choices":[{"message":{"role":"assistant","content":[{"type":"text","text":"x"}]}}]}"#,
+        ] {
+            assert!(
+                matches!(
+                    OpenAi.parse(200, body),
+                    Err(CallError::Malformed { status: 200, .. })
+                ),
+                "{body}"
+            );
+        }
+        let refused = r#"{"choices":[{"message":{"role":"assistant","content":null,"refusal":"I can't"},"finish_reason":"stop"}]}"#;
+        let Err(CallError::Malformed { message, .. }) = OpenAi.parse(200, refused) else {
+            panic!("expected malformed")
+        };
+        assert!(message.contains("I can't"), "{message}");
+    }
+
+    #[test]
+    fn providers_parse_and_pick_their_codec() {
+        assert_eq!(Provider::parse("anthropic"), Ok(Provider::Anthropic));
+        assert_eq!(Provider::parse(" OpenAI "), Ok(Provider::OpenAi));
+        assert_eq!(Provider::parse("OPENAI"), Ok(Provider::OpenAi));
+        let err = Provider::parse("gemini").unwrap_err();
+        assert!(err.contains("anthropic") && err.contains("openai") && err.contains("gemini"));
+        assert!(Provider::parse("").is_err());
+        for p in Provider::ALL {
+            assert_eq!(Provider::parse(p.name()), Ok(p));
+            assert_eq!(p.to_string(), p.name());
+        }
+        let p = prompt("s");
+        assert!(
+            Provider::Anthropic
+                .codec()
+                .build(&cfg(), &p)
+                .url
+                .ends_with("/v1/messages")
+        );
+        assert!(
+            Provider::OpenAi
+                .codec()
+                .build(&cfg(), &p)
+                .url
+                .ends_with("/v1/chat/completions")
+        );
+    }
+}

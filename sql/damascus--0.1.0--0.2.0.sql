@@ -1,0 +1,224 @@
+-- damascus 0.1.0 -> 0.2.0 (ALTER EXTENSION damascus UPDATE). Once 0.2.0 is released this file is never edited;
+-- tests/upgrade.rs holds the upgraded schema equal to a fresh 0.2.0 install.
+-- Runs while tickets are in flight: cycles hold no lock across an LLM call, so the ALTERs below wait at most
+-- for one short cycle transaction.
+\echo Use "ALTER EXTENSION damascus UPDATE" to load this file. \quit
+
+-- Tickets: max_attempts moves to the phase; rejections and feedback come with the review loop.
+ALTER TABLE damascus.tickets DROP COLUMN max_attempts;
+ALTER TABLE damascus.tickets
+    ADD COLUMN rejections integer NOT NULL DEFAULT 0 CHECK (rejections >= 0),
+    ADD COLUMN feedback   text;
+COMMENT ON TABLE damascus.tickets IS 'Work items; each moves through the phases (new -> specified ...) one cycle at a time';
+COMMENT ON COLUMN damascus.tickets.state IS 'Where the ticket is: a state some phase claims (new, specified, implemented ...) or done, failed, cancelled';
+COMMENT ON COLUMN damascus.tickets.attempts IS 'Refused answers (wrong or truncated) in the current phase; the phase''s max_attempts fails the ticket';
+COMMENT ON COLUMN damascus.tickets.rejections IS 'Rejections (verdict rejected, by a review or an approval) since submission or the last retry';
+COMMENT ON COLUMN damascus.tickets.feedback IS 'Reasons of the latest rejection, offered to the next prompt as {{feedback}}';
+
+-- Cycles keep what was asked and answered.
+ALTER TABLE damascus.cycles
+    ADD COLUMN provider      text,
+    ADD COLUMN model         text,
+    ADD COLUMN prompt_sha256 text,
+    ADD COLUMN answer        text;
+COMMENT ON COLUMN damascus.cycles.verdict IS 'The phase''s verdict (spec_ok, impl_wrong, approved, rejected ...) or llm_error, claim_lost, error, interrupted; NULL while running';
+COMMENT ON COLUMN damascus.cycles.detail IS 'Why: the missing section, the rejection''s reasons, an approval''s note, the HTTP error, the lost claim, the caught ERROR';
+COMMENT ON COLUMN damascus.cycles.worker IS 'The worker or tick that ran the cycle, or the role (session_user) that approved or rejected';
+COMMENT ON COLUMN damascus.cycles.provider IS 'Wire format of the call: anthropic or openai; NULL for an approval decision';
+COMMENT ON COLUMN damascus.cycles.model IS 'Model the request named';
+COMMENT ON COLUMN damascus.cycles.prompt_sha256 IS 'sha256 (hex) of the request body sent to the LLM, so two cycles asked the same thing exactly when these match';
+COMMENT ON COLUMN damascus.cycles.answer IS 'The model''s raw answer text, accepted or not';
+
+-- The pipeline as rows.
+CREATE TABLE damascus.phases (
+    name            text        PRIMARY KEY CHECK (name ~ '^[a-z_][a-z0-9_]{0,62}$'),
+    position        integer     NOT NULL,
+    kind            text        NOT NULL DEFAULT 'llm' CHECK (kind IN ('llm', 'approval')),
+    from_state      text        NOT NULL CHECK (length(from_state) BETWEEN 1 AND 63
+                                                AND from_state NOT IN ('done', 'failed', 'cancelled')),
+    transitions     jsonb       NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(transitions) = 'object'),
+    max_attempts    integer     NOT NULL DEFAULT 3 CHECK (max_attempts >= 1),
+    max_rejections  integer     NOT NULL DEFAULT 3 CHECK (max_rejections >= 1),
+    max_tokens      integer     NOT NULL DEFAULT 4000,
+    model           text,
+    timeout_s       integer     CHECK (timeout_s BETWEEN 1 AND 3600),
+    system_prompt   text        NOT NULL DEFAULT '',
+    prompt_template text        NOT NULL DEFAULT 'Ticket #{{id}}: {{title}}
+
+{{body}}',
+    validator       jsonb       NOT NULL DEFAULT '{"kind": "none"}',
+    verdict_prefix  text        CHECK (verdict_prefix ~ '^[a-z_][a-z0-9_]{0,40}$'),
+    enabled         boolean     NOT NULL DEFAULT true,
+    updated_at      timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT phases_one_per_state EXCLUDE USING btree (from_state WITH =) WHERE (enabled)
+        DEFERRABLE INITIALLY DEFERRED
+);
+COMMENT ON TABLE damascus.phases IS 'The pipeline: one row per phase; INSERT, UPDATE or DELETE here takes effect at the next claim';
+COMMENT ON COLUMN damascus.phases.name IS 'Phase name; its accepted output is stored in tickets.outputs under this key';
+COMMENT ON COLUMN damascus.phases.position IS 'Order in which the phases are listed';
+COMMENT ON COLUMN damascus.phases.kind IS 'llm (a worker calls the model) or approval (waits for damascus_approve or damascus_reject)';
+COMMENT ON COLUMN damascus.phases.from_state IS 'The ticket state this phase claims; at most one enabled phase per state';
+COMMENT ON COLUMN damascus.phases.transitions IS 'Verdict -> next state, e.g. {"spec_ok": "specified"}; other verdicts count an attempt';
+COMMENT ON COLUMN damascus.phases.max_attempts IS 'Refused answers (wrong, truncated) in this phase before the ticket fails';
+COMMENT ON COLUMN damascus.phases.max_rejections IS 'A rejected verdict from this phase fails the ticket once its rejections reach this number';
+COMMENT ON COLUMN damascus.phases.max_tokens IS 'max_tokens sent with each request; at least 1, and at least 3000 for refine_spec';
+COMMENT ON COLUMN damascus.phases.model IS 'Model of this phase''s requests; NULL means damascus.llm_model';
+COMMENT ON COLUMN damascus.phases.timeout_s IS 'Seconds one call may take; NULL means damascus.llm_timeout';
+COMMENT ON COLUMN damascus.phases.system_prompt IS 'System prompt sent with every request of the phase';
+COMMENT ON COLUMN damascus.phases.prompt_template IS 'User message: {{id}}, {{title}}, {{body}}, {{outputs.<phase>}}, {{feedback}}, {{attempt}} are filled in';
+COMMENT ON COLUMN damascus.phases.validator IS 'How answers are judged: {"kind": "sections" | "diff" | "verdict_line" | "none", ...}';
+COMMENT ON COLUMN damascus.phases.verdict_prefix IS 'Verdicts are <prefix>_ok, <prefix>_wrong, <prefix>_truncated; NULL means the phase name';
+COMMENT ON COLUMN damascus.phases.enabled IS 'A disabled phase claims nothing';
+COMMENT ON COLUMN damascus.phases.updated_at IS 'When the row was last written';
+COMMENT ON CONSTRAINT phases_one_per_state ON damascus.phases IS
+    'Two enabled phases may not claim the same state; checked at commit so a pipeline can be rearranged in one transaction';
+REVOKE ALL ON damascus.phases FROM PUBLIC;
+
+-- The functions 0.2.0 adds (as cargo pgrx schema generates them).
+CREATE FUNCTION "damascus_approve"(
+	"ticket_id" bigint,
+	"note" TEXT DEFAULT NULL
+) RETURNS TEXT
+VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'damascus_approve_wrapper';
+
+CREATE FUNCTION "damascus_reject"(
+	"ticket_id" bigint,
+	"reasons" TEXT
+) RETURNS TEXT
+VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'damascus_reject_wrapper';
+
+CREATE FUNCTION "damascus_retry"(
+	"ticket_id" bigint
+) RETURNS TEXT
+VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'damascus_retry_wrapper';
+
+CREATE FUNCTION "damascus_cancel"(
+	"ticket_id" bigint
+) RETURNS TEXT
+VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'damascus_cancel_wrapper';
+
+CREATE FUNCTION "damascus_release"(
+	"ticket_id" bigint
+) RETURNS TEXT
+VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'damascus_release_wrapper';
+
+CREATE FUNCTION damascus."check_phase"(
+	"name" TEXT,
+	"kind" TEXT,
+	"max_tokens" INT,
+	"prompt_template" TEXT,
+	"validator" jsonb,
+	"transitions" jsonb
+) RETURNS void
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'check_phase_wrapper';
+
+-- The phase checks and the default pipeline, as sql/finalize.sql has them.
+CREATE FUNCTION damascus.check_phase_row() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM damascus.check_phase(NEW.name, NEW.kind, NEW.max_tokens, NEW.prompt_template,
+                                 NEW.validator, NEW.transitions);
+    NEW.updated_at := now();
+    RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION damascus.check_phase_row() IS
+    'Trigger: refuses a phase row whose template, validator, transitions or max_tokens no worker could run';
+
+CREATE TRIGGER phases_check_row BEFORE INSERT OR UPDATE ON damascus.phases
+    FOR EACH ROW EXECUTE FUNCTION damascus.check_phase_row();
+COMMENT ON TRIGGER phases_check_row ON damascus.phases IS
+    'Refuses, when written, a phase row no worker could run (SQLSTATE 22023)';
+
+-- Cross-row rule, checked at commit so a pipeline can be rearranged in one transaction: every transition
+-- of an enabled phase leads to a terminal state or to a state an enabled phase claims.
+CREATE FUNCTION damascus.check_pipeline() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    bad record;
+BEGIN
+    SELECT p.name, t.key AS verdict, t.value #>> '{}' AS target INTO bad
+    FROM damascus.phases AS p, jsonb_each(p.transitions) AS t
+    WHERE p.enabled
+      AND (jsonb_typeof(t.value) <> 'string'
+           OR NOT (t.value #>> '{}' IN ('done', 'failed', 'cancelled')
+                   OR EXISTS (SELECT 1 FROM damascus.phases AS q
+                              WHERE q.enabled AND q.from_state = t.value #>> '{}')))
+    ORDER BY p.position, p.name, t.key
+    LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'damascus: phase % sends verdict % to state %, which no enabled phase claims',
+                bad.name, bad.verdict, coalesce(bad.target, 'NULL')
+            USING ERRCODE = 'check_violation',
+                  DETAIL = 'A transition must lead to done, failed, cancelled or the from_state of an enabled phase.',
+                  HINT = 'Add or enable a phase whose from_state is that state, or change the transition; several changes can go in one transaction, checked at COMMIT.';
+    END IF;
+    RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION damascus.check_pipeline() IS
+    'Constraint trigger (at commit): refuses a pipeline with a transition to a state no enabled phase claims';
+
+CREATE CONSTRAINT TRIGGER phases_check_pipeline AFTER INSERT OR UPDATE OR DELETE ON damascus.phases
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION damascus.check_pipeline();
+COMMENT ON TRIGGER phases_check_pipeline ON damascus.phases IS
+    'At commit, refuses a pipeline whose transitions lead to a state no enabled phase claims (SQLSTATE 23514)';
+
+-- The default pipeline: refine_spec -> implement -> review.
+INSERT INTO damascus.phases (name, position, kind, from_state, transitions, max_attempts, max_rejections,
+                             max_tokens, system_prompt, prompt_template, validator, verdict_prefix)
+VALUES
+('refine_spec', 10, 'llm', 'new', '{"spec_ok": "specified"}', 3, 3, 4000,
+ 'You turn a software ticket into an implementation spec. Answer with Markdown only, using exactly these level-2 sections in this order: ## Summary, ## Context, ## Acceptance Criteria (a numbered list), ## TDD Plan, ## Out of Scope, ## Test Command (one shell command that runs the tests). Every section must have content. Do not wrap the whole answer in a code fence.',
+ E'Ticket #{{id}}: {{title}}\n\n{{body}}',
+ '{"kind": "sections", "sections": [{"heading": "Summary"}, {"heading": "Context"}, {"heading": "Acceptance Criteria", "numbered": true}, {"heading": "TDD Plan"}, {"heading": "Out of Scope"}, {"heading": "Test Command"}]}',
+ 'spec'),
+('implement', 20, 'llm', 'specified', '{"impl_ok": "implemented"}', 3, 3, 8000,
+ 'You implement a software change from its spec. Answer with one short paragraph, then the complete change as a unified diff in one fenced ```diff block (--- a/path, +++ b/path, @@ hunks with correct line counts). If review feedback is given, address every point of it.',
+ E'Ticket #{{id}}: {{title}}\n\n# Spec\n\n{{outputs.refine_spec}}\n\n# Review feedback to address (empty on the first attempt)\n\n{{feedback}}',
+ '{"kind": "diff"}',
+ 'impl'),
+('review', 30, 'llm', 'implemented', '{"approved": "done", "rejected": "specified"}', 3, 3, 2000,
+ 'You review a change against its spec. Explain any problem you find, then end your answer with exactly one last line: VERDICT: APPROVE or VERDICT: REJECT. A REJECT lists its reasons above the verdict line.',
+ E'Ticket #{{id}}: {{title}}\n\n# Spec\n\n{{outputs.refine_spec}}\n\n# Change\n\n{{outputs.implement}}',
+ '{"kind": "verdict_line"}',
+ 'review');
+
+COMMENT ON FUNCTION damascus_approve(bigint, text) IS
+    'Approves a ticket waiting at an approval phase: applies its transition for verdict approved; returns the new state';
+COMMENT ON FUNCTION damascus_reject(bigint, text) IS
+    'Rejects a ticket waiting at an approval phase: reasons become feedback, transition rejected applies; returns the new state';
+COMMENT ON FUNCTION damascus_retry(bigint) IS
+    'Sends a failed ticket back to the state its last phase claims, with attempts and rejections reset; returns that state';
+COMMENT ON FUNCTION damascus_cancel(bigint) IS
+    'Cancels a ticket that is not done or cancelled; drops its claim, so a running cycle''s verdict becomes claim_lost';
+COMMENT ON FUNCTION damascus_release(bigint) IS
+    'Drops a ticket''s claim now, so it can be claimed again; the running cycle''s verdict becomes claim_lost';
+COMMENT ON FUNCTION damascus.check_phase(text, text, integer, text, jsonb, jsonb) IS
+    'Raises an error (SQLSTATE 22023) if a phase definition could not be run; used by the phases trigger';
+
+REVOKE EXECUTE ON FUNCTION damascus_approve(bigint, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION damascus_reject(bigint, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION damascus_retry(bigint) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION damascus_cancel(bigint) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION damascus_release(bigint) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION damascus.check_phase(text, text, integer, text, jsonb, jsonb) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION damascus.check_phase_row() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION damascus.check_pipeline() FROM PUBLIC;

@@ -66,12 +66,12 @@ VALUES
  'spec'),
 ('implement', 20, 'llm', 'specified', '{"impl_ok": "implemented"}', 3, 3, 8000,
  'You implement a software change from its spec. Answer with one short paragraph, then the complete change as a unified diff in one fenced ```diff block (--- a/path, +++ b/path, @@ hunks with correct line counts). If review feedback is given, address every point of it.',
- E'Ticket #{{id}}: {{title}}\n\n# Spec\n\n{{outputs.refine_spec}}\n\n# Review feedback to address (empty on the first attempt)\n\n{{feedback}}',
+ E'Ticket #{{id}}: {{title}}\n\n{{body}}\n\n# Spec\n\n{{outputs.refine_spec}}\n\n# Review feedback to address (empty on the first attempt)\n\n{{feedback}}',
  '{"kind": "diff"}',
  'impl'),
 ('review', 30, 'llm', 'implemented', '{"approved": "done", "rejected": "specified"}', 3, 3, 2000,
  'You review a change against its spec. Explain any problem you find, then end your answer with exactly one last line: VERDICT: APPROVE or VERDICT: REJECT. A REJECT lists its reasons above the verdict line.',
- E'Ticket #{{id}}: {{title}}\n\n# Spec\n\n{{outputs.refine_spec}}\n\n# Change\n\n{{outputs.implement}}',
+ E'Ticket #{{id}}: {{title}}\n\n{{body}}\n\n# Spec\n\n{{outputs.refine_spec}}\n\n# Change\n\n{{outputs.implement}}',
  '{"kind": "verdict_line"}',
  'review');
 

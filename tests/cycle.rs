@@ -561,8 +561,17 @@ fn submit_refuses_bad_input_with_a_sqlstate() {
         .query_one("SELECT damascus_submit('high', 'b', 10)", &[])
         .unwrap()
         .get(0);
-    assert_eq!(tick(&mut c).unwrap().ticket_id, high);
-    assert_eq!(tick(&mut c).unwrap().ticket_id, low);
+    // Across phases too: the high-priority ticket's next phases come before the low one's first.
+    let order: Vec<(i64, String)> = tick_until_idle(&mut c, 10)
+        .into_iter()
+        .map(|r| (r.ticket_id, r.phase))
+        .collect();
+    let phases = ["refine_spec", "implement", "review"];
+    let expected: Vec<(i64, String)> = [high, low]
+        .iter()
+        .flat_map(|id| phases.iter().map(move |p| (*id, p.to_string())))
+        .collect();
+    assert_eq!(order, expected);
 }
 
 #[test]

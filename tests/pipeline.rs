@@ -164,7 +164,13 @@ fn a_review_rejection_loops_back_with_its_reasons_in_the_next_implement_request(
         )
         .unwrap()
         .get(0);
-    assert_eq!(reasons.as_deref(), Some(fakellm::REJECT_REASONS.trim()));
+    assert!(
+        reasons
+            .as_deref()
+            .unwrap()
+            .contains(fakellm::REJECT_REASONS.trim()),
+        "{reasons:?}"
+    );
 
     llm.set_behavior(Behavior::Good);
     let rows = tick_until_idle(&mut c, 5);
@@ -190,7 +196,7 @@ fn a_review_rejection_loops_back_with_its_reasons_in_the_next_implement_request(
         )
         .unwrap()
         .get(0);
-    assert_eq!(detail.as_deref(), Some(fakellm::REJECT_REASONS.trim()));
+    assert_eq!(detail, reasons, "the cycle row keeps the reasons too");
 }
 
 #[test]

@@ -283,8 +283,12 @@ pub struct ConfGuard {
 }
 
 pub fn set_conf_for_test(name: &'static str, value: &str) -> ConfGuard {
+    // The raw value ("30", not "30min"), as set_conf compares it.
     let before: String = client()
-        .query_one("SELECT current_setting($1)", &[&name])
+        .query_one(
+            "SELECT coalesce((SELECT setting FROM pg_settings WHERE name = $1), current_setting($1))",
+            &[&name],
+        )
         .unwrap()
         .get(0);
     set_conf(name, value);

@@ -34,11 +34,22 @@ fn connect(db: &str) -> Client {
         .unwrap_or_else(|e| panic!("connect to {db}: {e}"))
 }
 
-fn recreate_database(name: &str) {
+/// A database of its own for one test, dropped when the guard drops, even if the test fails.
+struct ScratchDatabase(&'static str);
+
+fn scratch_database(name: &'static str) -> ScratchDatabase {
     let mut c = client();
     c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
         .unwrap();
     c.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+    ScratchDatabase(name)
+}
+
+impl Drop for ScratchDatabase {
+    fn drop(&mut self) {
+        // One statement per call: DROP DATABASE cannot run inside the implicit transaction of a batch.
+        let _ = client().batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.0));
+    }
 }
 
 /// Everything an install defines, one line per fact, so two databases can be compared: relations, columns with
@@ -48,8 +59,14 @@ fn schema_facts(c: &mut Client) -> BTreeSet<String> {
     let sql = r#"
     WITH ext AS (SELECT oid FROM pg_extension WHERE extname = 'damascus'),
     members AS (
+        -- pgrx's test builds add a `tests` schema of test functions to every install; they are no part of it.
         SELECT d.classid, d.objid FROM pg_depend d, ext WHERE d.refclassid = 'pg_extension'::regclass
           AND d.refobjid = ext.oid AND d.deptype = 'e'
+          AND NOT (d.classid = 'pg_proc'::regclass
+                   AND (SELECT n.nspname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+                        WHERE p.oid = d.objid) = 'tests')
+          AND NOT (d.classid = 'pg_namespace'::regclass
+                   AND (SELECT nspname FROM pg_namespace WHERE oid = d.objid) = 'tests')
     ),
     rels AS (
         SELECT c.oid, c.relname, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -111,8 +128,8 @@ fn extversion(c: &mut Client) -> String {
 fn upgrading_from_0_1_0_keeps_the_data_completes_the_claim_and_equals_a_fresh_install() {
     let _g = setup();
     fresh(Behavior::Good);
-    recreate_database("damascus_upgraded");
-    recreate_database("damascus_fresh");
+    let _upgraded_db = scratch_database("damascus_upgraded");
+    let _fresh_db = scratch_database("damascus_fresh");
 
     let mut old = connect("damascus_upgraded");
     old.batch_execute("CREATE EXTENSION damascus VERSION '0.1.0'")
@@ -208,11 +225,4 @@ fn upgrading_from_0_1_0_keeps_the_data_completes_the_claim_and_equals_a_fresh_in
         "the comparison saw the schema: {}",
         installed.len()
     );
-    drop(old);
-    drop(new);
-    let mut c = client();
-    c.batch_execute(
-        "DROP DATABASE damascus_upgraded WITH (FORCE); DROP DATABASE damascus_fresh WITH (FORCE)",
-    )
-    .unwrap();
 }

@@ -1,6 +1,8 @@
 //! One cycle as three committed transactions (claim, phase, verdict) with the LLM call in between and no transaction open during it.
 
+use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use pgrx::bgworkers::BackgroundWorker;
@@ -90,10 +92,34 @@ pub fn transaction<R>(body: impl FnOnce() -> R) -> Result<R, String> {
     })) {
         Ok(r) => Ok(r),
         Err(payload) => {
+            // SAFETY: main thread, after the ERROR was caught; this is how a worker's own loop recovers.
             unsafe { pg_sys::AbortCurrentTransaction() };
             Err(describe(payload))
         }
     }
+}
+
+/// Like `transaction`, for soft state (claims, phase rows, heartbeats, releases): it commits without
+/// waiting for the WAL flush. A crash can lose such a commit, which only lets the ticket be claimed again
+/// after the stale window; the verdict, a paid-for answer, always commits durably.
+pub fn soft_transaction<R>(body: impl FnOnce() -> R) -> Result<R, String> {
+    transaction(|| {
+        // SAFETY: main thread, inside the transaction just started; GUC_ACTION_LOCAL reverts the
+        // setting when this transaction ends, so the verdict transaction is durable again.
+        unsafe {
+            pg_sys::set_config_option(
+                c"synchronous_commit".as_ptr(),
+                c"off".as_ptr(),
+                pg_sys::GucContext::PGC_USERSET,
+                pg_sys::GucSource::PGC_S_SESSION,
+                pg_sys::GucAction::GUC_ACTION_LOCAL,
+                true,
+                0,
+                false,
+            );
+        }
+        body()
+    })
 }
 
 fn record_error(
@@ -121,22 +147,26 @@ fn record_error(
     }
 }
 
-fn release(ctx: &Context, claim: &Claim, cycle_id: Option<i64>, why: &str) -> Option<String> {
-    match transaction(|| store::release_claim(claim, cycle_id, why).or_raise()) {
-        Ok(state) => state,
+/// Gives claims back in one transaction; returns the state of each ticket whose claim was still ours.
+fn release(ctx: &Context, claims: &[(&Claim, Option<i64>)], why: &str) -> HashMap<i64, String> {
+    if claims.is_empty() {
+        return HashMap::new();
+    }
+    match soft_transaction(|| store::release_claims(claims, why).or_raise()) {
+        Ok(rows) => rows.into_iter().collect(),
         Err(e) => {
             warning!(
-                "damascus: {}: could not release ticket {}: {e}",
+                "damascus: {}: could not release {} claim(s): {e}",
                 ctx.worker,
-                claim.ticket_id
+                claims.len()
             );
-            None
+            HashMap::new()
         }
     }
 }
 
 /// How the claim and phase transactions ended.
-pub enum Begun<'a> {
+pub enum Begun {
     /// Nothing was claimable.
     Idle,
     /// Nothing could be claimed (the claim statement failed).
@@ -145,13 +175,14 @@ pub enum Begun<'a> {
     Ended(TickRow),
     /// The LLM call is in flight; the caller polls it and then finishes the cycle. Boxed: a driver holding
     /// many cycles keeps them in a collection, and the other variants are small.
-    Calling(Box<Calling<'a>>),
+    Calling(Box<Calling>),
 }
 
 /// A cycle between its phase and verdict transactions: nothing open in Postgres, one HTTP call in flight.
-/// A worker loop may hold several of these and poll each.
-pub struct Calling<'a> {
-    ctx: &'a Context,
+/// It keeps the context it started with, so a reload applies to cycles started after it and never waits
+/// for these.
+pub struct Calling {
+    ctx: Rc<Context>,
     phase: PhaseDef,
     input: TicketInput,
     claim: Claim,
@@ -159,7 +190,6 @@ pub struct Calling<'a> {
     model: String,
     prompt_sha256: String,
     call: InFlight,
-    last_beat: Instant,
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -171,15 +201,15 @@ fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 /// Claim and phase transactions, then starts the LLM call with no transaction open.
-pub fn begin(ctx: &Context) -> Begun<'_> {
-    let claim = match transaction(|| {
+pub fn begin(ctx: &Rc<Context>) -> Begun {
+    let claim = match soft_transaction(|| {
         store::claim(ctx.settings.stale_claim_minutes, &ctx.worker).or_raise()
     }) {
         Ok(Some(c)) => c,
         Ok(None) => return Begun::Idle,
         Err(e) => return Begun::Failed(format!("claim failed: {e}")),
     };
-    let start = match transaction(|| store::begin_phase(&claim, &ctx.worker).or_raise()) {
+    let start = match soft_transaction(|| store::begin_phase(&claim, &ctx.worker).or_raise()) {
         Ok(Some(s)) => s,
         Ok(None) => {
             return Begun::Ended(row(&claim, Kind::ClaimLost.generic_name(), None));
@@ -192,15 +222,12 @@ pub fn begin(ctx: &Context) -> Begun<'_> {
     let Some(phase_row) = start.phase else {
         // The pipeline changed between claim and phase: give the ticket back at once, so the next claim
         // picks whatever phase claims its state now.
-        let state = release(
-            ctx,
-            &claim,
-            Some(start.cycle_id),
-            &format!(
-                "phase {} was changed or removed after the claim; the ticket was released",
-                claim.phase
-            ),
+        let why = format!(
+            "phase {} was changed or removed after the claim; the ticket was released",
+            claim.phase
         );
+        let mut states = release(ctx, &[(&claim, Some(start.cycle_id))], &why);
+        let state = states.remove(&claim.ticket_id);
         return Begun::Ended(row(&claim, Kind::Interrupted.generic_name(), state));
     };
     let phase = match PhaseDef::from_row(phase_row) {
@@ -210,6 +237,7 @@ pub fn begin(ctx: &Context) -> Begun<'_> {
             return Begun::Ended(row(&claim, Kind::Error.generic_name(), state));
         }
     };
+    // SAFETY: a plain read of the backend's transaction state, on the main thread.
     debug_assert!(!unsafe { pg_sys::IsTransactionState() });
     let mut cfg = ctx.settings.llm.clone();
     if let Some(model) = &phase.model {
@@ -223,7 +251,7 @@ pub fn begin(ctx: &Context) -> Begun<'_> {
     let prompt_sha256 = sha256_hex(codec.build(&cfg, &prompt).body.as_bytes());
     let call = InFlight::start(codec, &cfg, &prompt, true);
     Begun::Calling(Box::new(Calling {
-        ctx,
+        ctx: Rc::clone(ctx),
         phase,
         input: start.input,
         claim,
@@ -231,11 +259,15 @@ pub fn begin(ctx: &Context) -> Begun<'_> {
         model: cfg.model,
         prompt_sha256,
         call,
-        last_beat: Instant::now(),
     }))
 }
 
-impl<'a> Calling<'a> {
+impl Calling {
+    /// The claim this cycle holds.
+    pub fn claim(&self) -> &Claim {
+        &self.claim
+    }
+
     /// The call's outcome once it has finished; never blocks.
     pub fn poll(&mut self) -> Option<CallOutcome> {
         self.call.poll()
@@ -274,36 +306,14 @@ impl<'a> Calling<'a> {
         {
             Ok(v) => row(&claim, &v.verdict, v.state),
             Err(e) => {
-                let state = record_error(ctx, &claim, Some(cycle_id), &e);
+                let state = record_error(&ctx, &claim, Some(cycle_id), &e);
                 row(&claim, Kind::Error.generic_name(), state)
             }
         }
     }
 
-    /// Renews the claim's lease when due. `false` means the claim was superseded: the caller should give up.
-    pub fn heartbeat(&mut self) -> bool {
-        if self.last_beat.elapsed()
-            < lease::heartbeat_interval(self.ctx.settings.stale_claim_minutes)
-        {
-            return true;
-        }
-        self.last_beat = Instant::now();
-        match transaction(|| store::heartbeat(&self.claim).or_raise()) {
-            Ok(alive) => alive,
-            Err(e) => {
-                // A failed heartbeat is not a lost claim; the next one may succeed.
-                warning!(
-                    "damascus: {}: heartbeat for ticket {} failed: {e}",
-                    self.ctx.worker,
-                    self.claim.ticket_id
-                );
-                true
-            }
-        }
-    }
-
-    /// Interrupts the call; what is left is what the closing transaction needs.
-    fn stop_call(self) -> (&'a Context, Claim, i64) {
+    /// Stops the call of a claim that was superseded and closes its cycle row as claim_lost.
+    pub fn lost(self) -> TickRow {
         let Calling {
             ctx,
             claim,
@@ -312,12 +322,6 @@ impl<'a> Calling<'a> {
             ..
         } = self;
         call.cancel();
-        (ctx, claim, cycle_id)
-    }
-
-    /// Stops the call of a claim that was superseded and closes its cycle row as claim_lost.
-    pub fn lost(self) -> TickRow {
-        let (ctx, claim, cycle_id) = self.stop_call();
         let detail = format!(
             "claim token {} was superseded during the LLM call; the call was stopped",
             claim.token
@@ -330,42 +334,116 @@ impl<'a> Calling<'a> {
         }
         row(&claim, Kind::ClaimLost.generic_name(), None)
     }
+}
 
-    /// Interrupts the call and gives the claim back at once.
-    pub fn abandon(self, why: &str) -> TickRow {
-        let (ctx, claim, cycle_id) = self.stop_call();
-        let state = release(ctx, &claim, Some(cycle_id), why);
-        row(&claim, Kind::Interrupted.generic_name(), state)
+/// When the claims of in-flight cycles are next renewed.
+pub struct Lease {
+    every: Duration,
+    last: Instant,
+}
+
+impl Lease {
+    pub fn new(stale_claim_minutes: i32) -> Lease {
+        Lease {
+            every: lease::heartbeat_interval(stale_claim_minutes),
+            last: Instant::now(),
+        }
+    }
+
+    /// How long until the next renewal is due (zero when it is).
+    pub fn due_in(&self) -> Duration {
+        self.every.saturating_sub(self.last.elapsed())
+    }
+
+    /// Renews every in-flight claim in one transaction when due, and ends the cycles whose claim was
+    /// superseded (their calls are stopped). Returns the rows of the cycles it ended.
+    pub fn renew(&mut self, ctx: &Context, calls: &mut Vec<Box<Calling>>) -> Vec<TickRow> {
+        if calls.is_empty() || !self.due_in().is_zero() {
+            return Vec::new();
+        }
+        self.last = Instant::now();
+        let claims: Vec<&Claim> = calls.iter().map(|c| &c.claim).collect();
+        let alive = match soft_transaction(|| store::heartbeat(&claims).or_raise()) {
+            Ok(alive) => alive,
+            Err(e) => {
+                // A failed heartbeat is not a lost claim; the next one may succeed.
+                warning!(
+                    "damascus: {}: heartbeat for {} claim(s) failed: {e}",
+                    ctx.worker,
+                    claims.len()
+                );
+                return Vec::new();
+            }
+        };
+        let (kept, lost): (Vec<_>, Vec<_>) = std::mem::take(calls)
+            .into_iter()
+            .partition(|c| alive.contains(&c.claim.ticket_id));
+        *calls = kept;
+        lost.into_iter().map(|c| c.lost()).collect()
     }
 }
 
-/// Runs one cycle to its end. `wait` sleeps on the latch for at most the given time and says what to do next.
-pub fn run_one(ctx: &Context, wait: &mut dyn FnMut(Duration) -> Wake) -> (CycleEnd, Wake) {
-    let mut calling = match begin(ctx) {
+/// Interrupts every call and gives all their claims back in one transaction.
+pub fn abandon(ctx: &Context, calls: Vec<Box<Calling>>, why: &str) -> Vec<TickRow> {
+    let mut stopped = Vec::with_capacity(calls.len());
+    for c in calls {
+        let Calling {
+            claim,
+            cycle_id,
+            call,
+            ..
+        } = *c;
+        call.cancel();
+        stopped.push((claim, cycle_id));
+    }
+    let claims: Vec<(&Claim, Option<i64>)> = stopped.iter().map(|(c, id)| (c, Some(*id))).collect();
+    let mut states = release(ctx, &claims, why);
+    stopped
+        .iter()
+        .map(|(c, _)| {
+            row(
+                c,
+                Kind::Interrupted.generic_name(),
+                states.remove(&c.ticket_id),
+            )
+        })
+        .collect()
+}
+
+/// Runs one cycle to its end. `wait` sleeps on the latch for at most the given time (the call's thread sets
+/// the latch when it finishes) and says what to do next.
+pub fn run_one(ctx: &Rc<Context>, wait: &mut dyn FnMut(Duration) -> Wake) -> (CycleEnd, Wake) {
+    let calling = match begin(ctx) {
         Begun::Idle => return (CycleEnd::Idle, Wake::Continue),
         Begun::Failed(e) => return (CycleEnd::Failed(e), Wake::Continue),
         Begun::Ended(r) => return (CycleEnd::Done(r), Wake::Continue),
         Begun::Calling(c) => c,
     };
+    let mut calls = vec![calling];
+    let mut lease = Lease::new(ctx.settings.stale_claim_minutes);
     loop {
-        if let Some(outcome) = calling.poll() {
-            return (CycleEnd::Done(calling.finish(outcome)), Wake::Continue);
+        if let Some(outcome) = calls[0].poll() {
+            let Some(c) = calls.pop() else { break };
+            return (CycleEnd::Done(c.finish(outcome)), Wake::Continue);
         }
-        if !calling.heartbeat() {
-            return (CycleEnd::Done(calling.lost()), Wake::Continue);
+        if let Some(lost) = lease.renew(ctx, &mut calls).pop() {
+            return (CycleEnd::Done(lost), Wake::Continue);
         }
-        match wait(Duration::from_millis(250)) {
-            Wake::Continue => {}
-            Wake::Interrupt => {
-                let r = calling.abandon("the cycle was cancelled during the LLM call");
-                return (CycleEnd::Done(r), Wake::Interrupt);
-            }
-            Wake::Stop => {
-                let r = calling.abandon("the worker was asked to stop during the LLM call");
-                return (CycleEnd::Done(r), Wake::Stop);
-            }
-        }
+        let wake = wait(lease.due_in());
+        let why = match wake {
+            Wake::Continue => continue,
+            Wake::Interrupt => "the cycle was cancelled during the LLM call",
+            Wake::Stop => "the worker was asked to stop during the LLM call",
+        };
+        let rows = abandon(ctx, std::mem::take(&mut calls), why);
+        return (
+            rows.into_iter()
+                .next()
+                .map_or(CycleEnd::Idle, CycleEnd::Done),
+            wake,
+        );
     }
+    (CycleEnd::Idle, Wake::Continue)
 }
 
 fn clamp_i32(v: i64) -> i32 {

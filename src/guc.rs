@@ -25,6 +25,9 @@ pub static WORKERS: GucSetting<i32> = GucSetting::<i32>::new(1);
 /// Milliseconds an idle worker sleeps on its latch before looking for work again.
 pub static NAPTIME_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
 
+/// How many cycles (LLM calls) one static worker keeps in flight at once.
+pub static MAX_INFLIGHT: GucSetting<i32> = GucSetting::<i32>::new(16);
+
 /// Minutes after which a claim counts as abandoned and the ticket is claimable again.
 pub static STALE_CLAIM_MINUTES: GucSetting<i32> = GucSetting::<i32>::new(30);
 
@@ -75,6 +78,16 @@ pub fn init() {
         3_600_000,
         GucContext::Sighup,
         GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"damascus.max_inflight",
+        c"How many LLM calls one damascus worker keeps in flight at once.",
+        c"Each is its own claim, phase and verdict; a reload applies to cycles started after it.",
+        &MAX_INFLIGHT,
+        1,
+        1024,
+        GucContext::Sighup,
+        GucFlags::default(),
     );
     GucRegistry::define_int_guc(
         c"damascus.stale_claim_minutes",
@@ -143,6 +156,7 @@ fn string(setting: &GucSetting<Option<CString>>) -> Option<String> {
 #[derive(Debug, Clone)]
 pub struct Snapshot {
     pub naptime_ms: u64,
+    pub max_inflight: usize,
     pub stale_claim_minutes: i32,
     pub provider: Provider,
     pub llm: damascus_core::wire::LlmConfig,
@@ -158,6 +172,7 @@ pub fn snapshot() -> Snapshot {
         string(&LLM_API_KEY).or_else(|| std::env::var(env_key).ok().filter(|k| !k.is_empty()));
     Snapshot {
         naptime_ms: NAPTIME_MS.get().max(10) as u64,
+        max_inflight: usize::try_from(MAX_INFLIGHT.get()).unwrap_or(1).max(1),
         stale_claim_minutes: STALE_CLAIM_MINUTES.get(),
         provider,
         llm: damascus_core::wire::LlmConfig {

@@ -1,7 +1,13 @@
 //! All SPI lives here: each function runs one statement from `sql/runtime/` inside the caller's transaction.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+
+use pgrx::PgOid;
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
+use pgrx::spi::OwnedPreparedStatement;
 use pgrx::spi::SpiTupleTable;
 
 use pgrx::JsonB;
@@ -96,14 +102,30 @@ impl From<pgrx::spi::SpiError> for ReadError {
 
 type ReadResult<T> = Result<T, ReadError>;
 
+thread_local! {
+    /// Each statement is parsed and planned once per process and kept (SPI_keepplan), not once per call;
+    /// Postgres revalidates a kept plan by itself when a table it uses changes. Main thread only, as all SPI.
+    static PLANS: RefCell<HashMap<&'static str, OwnedPreparedStatement>> = RefCell::new(HashMap::new());
+}
+
 fn run<T>(
     name: &'static str,
-    sql: &str,
+    sql: &'static str,
     args: &[DatumWithOid],
     read: impl FnOnce(SpiTupleTable) -> ReadResult<T>,
 ) -> Result<T, DamascusError> {
     Spi::connect_mut(|client| {
-        let table = client.update(sql, None, args)?;
+        let table = PLANS.with(|plans| -> ReadResult<SpiTupleTable> {
+            let mut plans = plans.borrow_mut();
+            let plan = match plans.entry(name) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(e) => {
+                    let types: Vec<PgOid> = args.iter().map(|a| PgOid::from(a.oid())).collect();
+                    e.insert(client.prepare_mut(sql, &types)?.keep())
+                }
+            };
+            Ok(client.update(&*plan, None, args)?)
+        })?;
         read(table)
     })
     .map_err(|e| DamascusError::Spi {
@@ -322,32 +344,53 @@ pub fn record_error(
     )
 }
 
-/// Gives an interrupted cycle's claim back; returns the ticket's state (None if our claim is gone).
-pub fn release_claim(
-    claim: &Claim,
-    cycle_id: Option<i64>,
+/// Gives interrupted cycles' claims back in one statement; returns (ticket id, state) of each claim that was
+/// still ours.
+pub fn release_claims(
+    claims: &[(&Claim, Option<i64>)],
     detail: &str,
-) -> Result<Option<String>, DamascusError> {
+) -> Result<Vec<(i64, String)>, DamascusError> {
+    let ids: Vec<i64> = claims.iter().map(|(c, _)| c.ticket_id).collect();
+    let tokens: Vec<i64> = claims.iter().map(|(c, _)| c.token).collect();
+    let cycles: Vec<Option<i64>> = claims.iter().map(|(_, cycle)| *cycle).collect();
     run(
         "release_claim",
         RELEASE_CLAIM,
         &[
-            claim.ticket_id.into(),
-            claim.token.into(),
-            cycle_id.into(),
+            ids.into(),
+            tokens.into(),
+            cycles.into(),
             detail.to_string().into(),
         ],
-        |table| Ok(table.first().get::<String>(1)?),
+        |table| {
+            let mut out = Vec::new();
+            for row in table {
+                out.push((
+                    row.get::<i64>(1)?.ok_or(ReadError::Null("ticket id"))?,
+                    row.get::<String>(2)?.ok_or(ReadError::Null("state"))?,
+                ));
+            }
+            Ok(out)
+        },
     )
 }
 
-/// Renews the lease; `false` when the claim was superseded.
-pub fn heartbeat(claim: &Claim) -> Result<bool, DamascusError> {
+/// Renews the leases of all the given claims in one statement; returns the ticket ids whose claim is still
+/// ours (the others were superseded).
+pub fn heartbeat(claims: &[&Claim]) -> Result<Vec<i64>, DamascusError> {
+    let ids: Vec<i64> = claims.iter().map(|c| c.ticket_id).collect();
+    let tokens: Vec<i64> = claims.iter().map(|c| c.token).collect();
     run(
         "heartbeat",
         HEARTBEAT,
-        &[claim.ticket_id.into(), claim.token.into()],
-        |table| Ok(!table.is_empty()),
+        &[ids.into(), tokens.into()],
+        |table| {
+            let mut alive = Vec::new();
+            for row in table {
+                alive.push(row.get::<i64>(1)?.ok_or(ReadError::Null("ticket id"))?);
+            }
+            Ok(alive)
+        },
     )
 }
 

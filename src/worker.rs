@@ -1,14 +1,15 @@
 //! Background worker processes: the static workers' loop and the dynamic tick worker, their signals and latch waits.
 
 use std::ffi::CString;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
-use crate::cycle::{self, Context, CycleEnd, Wake};
+use crate::cycle::{self, Begun, Calling, Context, Lease, Wake};
 use crate::error::{OrRaise, SCHEMA_VERSION};
 use crate::guc;
 use crate::store;
@@ -89,7 +90,27 @@ fn stopping() -> bool {
     STOPPING.load(Ordering::SeqCst)
 }
 
-/// Entry point of a static worker: run cycles while there is work, nap on the latch otherwise.
+/// Whether the extension in the worker's database is the one this library runs; `Some(why)` when not
+/// (an empty reason: the check itself failed and was logged).
+fn waiting_for(name: &str, database: &str) -> Option<String> {
+    match cycle::transaction(|| store::extension_version().or_raise()) {
+        Ok(Some(v)) if v == SCHEMA_VERSION => None,
+        Ok(Some(v)) => Some(format!(
+            "extension \"damascus\" in database \"{database}\" is version {v}, the loaded library is {SCHEMA_VERSION}; waiting for ALTER EXTENSION damascus UPDATE"
+        )),
+        Ok(None) => Some(format!(
+            "extension \"damascus\" is not created in database \"{database}\" yet; waiting for CREATE EXTENSION damascus"
+        )),
+        Err(e) => {
+            warning!("{name}: {e}");
+            Some(String::new())
+        }
+    }
+}
+
+/// Entry point of a static worker: a driver that keeps up to `damascus.max_inflight` cycles in flight, each
+/// its own claim, phase and verdict transactions, and sleeps on its latch until a call finishes, a heartbeat
+/// is due, new work may be there, or a signal arrives.
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn damascus_worker_main(arg: pg_sys::Datum) {
@@ -99,52 +120,57 @@ pub extern "C-unwind" fn damascus_worker_main(arg: pg_sys::Datum) {
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
     let name = format!("damascus worker {n}");
     report_appname(&name);
+    // SAFETY: MyProcPid is set before any extension code runs and never changes.
     let worker = format!("{name} (pid {})", unsafe { pg_sys::MyProcPid });
     log!("{name} started, serving database \"{database}\"");
 
     // The extension is checked only until it is found, and again after a claim fails (it may have
-    // been dropped), so a busy worker spends no transaction per cycle on the check.
+    // been dropped or be older than the library), so a busy worker spends no transaction on the check.
     let mut ready = false;
     let mut said_waiting: Option<String> = None;
     let mut failed_claim: Option<String> = None;
-    // Settings are read once and again only after a reload, not once per cycle.
-    let mut loaded: Option<Context> = None;
+    // Settings are read once and again only after a reload. Cycles in flight keep the context they started
+    // with (an Rc), so a reload applies to cycles started after it and never waits for them.
+    let mut loaded: Option<Rc<Context>> = None;
+    let mut lease: Option<Lease> = None;
+    let mut calls: Vec<Box<Calling>> = Vec::new();
+    // Nothing was claimable: do not look again before this, unless a verdict may have made work.
+    let mut idle_until: Option<Instant> = None;
+    let mut shown_inflight = usize::MAX;
     while !stopping() {
         if BackgroundWorker::sighup_received() {
             // SAFETY: main thread, between transactions, as the postmaster's own loops do it.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
             loaded = None;
+            lease = None;
         }
-        let ctx = loaded.get_or_insert_with(|| Context::load(worker.clone()));
+        let ctx = Rc::clone(loaded.get_or_insert_with(|| Rc::new(Context::load(worker.clone()))));
+        let lease = lease.get_or_insert_with(|| Lease::new(ctx.settings.stale_claim_minutes));
         let naptime = Duration::from_millis(ctx.settings.naptime_ms);
-        let nap = || wait(naptime) == Wake::Stop;
-        if !ready {
-            let waiting_for = match cycle::transaction(|| store::extension_version().or_raise()) {
-                Ok(Some(v)) if v == SCHEMA_VERSION => None,
-                Ok(Some(v)) => Some(format!(
-                    "extension \"damascus\" in database \"{database}\" is version {v}, the loaded library is {SCHEMA_VERSION}; waiting for ALTER EXTENSION damascus UPDATE"
-                )),
-                Ok(None) => Some(format!(
-                    "extension \"damascus\" is not created in database \"{database}\" yet; waiting for CREATE EXTENSION damascus"
-                )),
-                Err(e) => {
-                    warning!("{name}: {e}");
-                    // Empty: nap and look again, without the once-per-reason log line.
-                    Some(String::new())
+
+        // Verdicts of the calls that finished.
+        let mut i = 0;
+        while i < calls.len() {
+            match calls[i].poll() {
+                Some(outcome) => {
+                    calls.swap_remove(i).finish(outcome);
+                    // The verdict may have moved a ticket into the next phase's state.
+                    idle_until = None;
                 }
-            };
-            match waiting_for {
+                None => i += 1,
+            }
+        }
+        lease.renew(&ctx, &mut calls);
+
+        if !ready && calls.is_empty() {
+            match waiting_for(&name, &database) {
                 None => {
                     ready = true;
                     said_waiting = None;
-                    report_activity("damascus: working");
                     // The extension is there, so a failed claim had another cause worth a warning.
                     if let Some(e) = failed_claim.take() {
                         warning!("{name}: {e}");
-                        if nap() {
-                            break;
-                        }
-                        continue;
+                        idle_until = Some(Instant::now() + naptime);
                     }
                 }
                 Some(why) => {
@@ -155,35 +181,75 @@ pub extern "C-unwind" fn damascus_worker_main(arg: pg_sys::Datum) {
                         report_activity(&format!("damascus: {why}"));
                         said_waiting = Some(why);
                     }
-                    if nap() {
+                    idle_until = Some(Instant::now() + naptime);
+                }
+            }
+        }
+
+        // New claims, up to max_inflight.
+        if ready && idle_until.is_none_or(|t| Instant::now() >= t) {
+            idle_until = None;
+            while calls.len() < ctx.settings.max_inflight && !stopping() {
+                match cycle::begin(&ctx) {
+                    Begun::Calling(c) => calls.push(c),
+                    Begun::Ended(_) => {}
+                    Begun::Idle => {
+                        idle_until = Some(Instant::now() + naptime);
                         break;
                     }
-                    continue;
+                    Begun::Failed(e) => {
+                        ready = false;
+                        failed_claim = Some(e);
+                        idle_until = Some(Instant::now() + naptime);
+                        break;
+                    }
                 }
             }
         }
-        let (end, wake) = cycle::run_one(ctx, &mut wait);
+        if ready && calls.len() != shown_inflight {
+            shown_inflight = calls.len();
+            report_activity(&format!("damascus: {} calls in flight", calls.len()));
+        }
+        // SAFETY: main thread, no transaction open; bgworkers flush their statistics themselves.
         unsafe { pg_sys::pgstat_report_stat(false) };
-        if wake == Wake::Stop {
-            break;
+
+        let mut timeout = if calls.is_empty() {
+            naptime
+        } else {
+            lease.due_in()
+        };
+        if let Some(t) = idle_until {
+            timeout = timeout.min(t.saturating_duration_since(Instant::now()));
+        } else if ready && calls.len() < ctx.settings.max_inflight {
+            timeout = Duration::ZERO;
         }
-        match end {
-            // More work may be waiting: look again at once.
-            CycleEnd::Done(_) => {}
-            CycleEnd::Idle => {
-                if nap() {
-                    break;
-                }
+        match wait(timeout) {
+            Wake::Continue => {}
+            Wake::Interrupt => {
+                cycle::abandon(
+                    &ctx,
+                    std::mem::take(&mut calls),
+                    "the worker's cycles were cancelled (pg_cancel_backend) during the LLM call",
+                );
+                idle_until = Some(Instant::now() + naptime);
             }
-            CycleEnd::Failed(e) => {
-                ready = false;
-                failed_claim = Some(e);
-            }
+            Wake::Stop => break,
         }
     }
-    log!("{name} stopping");
+    if let Some(ctx) = loaded {
+        let n = calls.len();
+        cycle::abandon(
+            &ctx,
+            calls,
+            "the worker was asked to stop during the LLM call",
+        );
+        log!("{name} stopping; gave back {n} claim(s) in flight");
+    } else {
+        log!("{name} stopping");
+    }
     // A non-zero exit asks the postmaster to start a fresh worker after RESTART_SECS, so a worker
     // stopped with pg_terminate_backend() comes back; during shutdown nothing is restarted.
+    // SAFETY: main thread, no transaction open; proc_exit runs the backend's exit callbacks.
     unsafe { pg_sys::proc_exit(1) };
 }
 
@@ -203,7 +269,7 @@ pub extern "C-unwind" fn damascus_tick_main(arg: pg_sys::Datum) {
         unsafe { pg_sys::MyProcPid },
         slot.caller_pid()
     );
-    let end = cycle::run_one(&Context::load(worker), &mut wait).0;
+    let end = cycle::run_one(&Rc::new(Context::load(worker)), &mut wait).0;
     unsafe { pg_sys::pgstat_report_stat(true) };
     slot.finish(&end);
 }

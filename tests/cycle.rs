@@ -677,3 +677,65 @@ fn the_heartbeat_keeps_a_live_claim_and_notices_a_lost_one() {
     );
     llm().set_behavior(Behavior::Good);
 }
+
+/// Drops the probe that `soft_state_commits_asynchronously_and_the_verdict_durably` installs.
+struct SyncProbe;
+
+impl Drop for SyncProbe {
+    fn drop(&mut self) {
+        let _ = client().batch_execute(
+            "DROP TRIGGER IF EXISTS sync_probe ON damascus.cycles;
+             DROP TRIGGER IF EXISTS sync_probe ON damascus.tickets;
+             DROP FUNCTION IF EXISTS public.sync_probe();
+             DROP TABLE IF EXISTS public.sync_seen;",
+        );
+    }
+}
+
+/// Claims and phase rows are soft state, committed without waiting for the WAL flush; the verdict is not.
+#[test]
+fn soft_state_commits_asynchronously_and_the_verdict_durably() {
+    let _g = setup();
+    fresh(Behavior::Good);
+    let mut c = client();
+    let _probe = SyncProbe;
+    c.batch_execute(
+        "CREATE TABLE public.sync_seen (what text, setting text);
+         CREATE FUNCTION public.sync_probe() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           INSERT INTO public.sync_seen VALUES (
+             CASE WHEN TG_TABLE_NAME = 'tickets' AND NEW.claim_token IS NOT NULL THEN 'claim'
+                  WHEN TG_TABLE_NAME = 'tickets' THEN 'verdict on ticket'
+                  WHEN TG_OP = 'INSERT' THEN 'phase'
+                  ELSE 'verdict on cycle' END,
+             current_setting('synchronous_commit'));
+           RETURN NEW;
+         END $$;
+         CREATE TRIGGER sync_probe BEFORE UPDATE ON damascus.tickets
+           FOR EACH ROW EXECUTE FUNCTION public.sync_probe();
+         CREATE TRIGGER sync_probe BEFORE INSERT OR UPDATE ON damascus.cycles
+           FOR EACH ROW EXECUTE FUNCTION public.sync_probe();",
+    )
+    .unwrap();
+    submit(&mut c, "Durability", "body");
+    assert_eq!(tick(&mut c).unwrap().verdict, "spec_ok");
+    let seen: Vec<(String, String)> = c
+        .query(
+            "SELECT what, setting FROM public.sync_seen ORDER BY what",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let pair = |a: &str, b: &str| (a.to_string(), b.to_string());
+    assert_eq!(
+        seen,
+        vec![
+            pair("claim", "off"),
+            pair("phase", "off"),
+            pair("verdict on cycle", "on"),
+            pair("verdict on ticket", "on"),
+        ]
+    );
+}

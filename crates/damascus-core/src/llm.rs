@@ -147,16 +147,19 @@ impl InFlight {
         }
     }
 
-    /// Interrupts the call (closes its sockets) and waits for the thread to finish.
+    /// Interrupts the call (closes its sockets) and returns at once.
     pub fn cancel(mut self) {
         self.shutdown();
     }
 
+    /// Closes the call's sockets and lets its thread finish on its own. Never joins: a thread stuck in name
+    /// resolution or connect ends only at its own timeout, and a worker stopping many calls must not wait
+    /// for that. The thread owns nothing but its request and channel, so detaching it is safe.
     fn shutdown(&mut self) {
         if let Some(agent) = self.agent.take() {
             agent.shutdown();
         }
-        self.join();
+        self.thread.take();
     }
 
     fn join(&mut self) {

@@ -33,16 +33,21 @@ COPY scripts/deps.sh /tmp/deps.sh
 RUN PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config bash /tmp/deps.sh \
  && rm -rf /var/lib/apt/lists/* "$CARGO_HOME/registry/cache"
 
-# Only what the build reads (not target/ or .run/): the workspace manifests, both crates, the SQL and control file.
+# Only what the build reads (not target/ or .run/): the workspace manifests, its crates, the SQL and control file.
 WORKDIR /src
-COPY Cargo.toml Cargo.lock damascus.control ./
+COPY Cargo.toml Cargo.lock damascus.control Makefile ./
 COPY src ./src
+COPY crates ./crates
 COPY sql ./sql
 COPY fakellm ./fakellm
+COPY bench/core.rs ./bench/core.rs
 
-# Installs damascus.so into /usr/lib/postgresql/15/lib and damascus.control + damascus--<version>.sql into
-# /usr/share/postgresql/15/extension of this stage, where the runtime stage picks them up.
-RUN cargo pgrx install --release --pg-config /usr/lib/postgresql/15/bin/pg_config
+# Installs damascus.so into /usr/lib/postgresql/15/lib and damascus.control + damascus--<version>.sql (and the
+# upgrade scripts) into /usr/share/postgresql/15/extension of this stage, where the runtime stage picks them up;
+# `make install-sql` adds the older full install scripts (CREATE EXTENSION damascus VERSION '0.1.0'), as make
+# test and make install do.
+RUN cargo pgrx install --release --pg-config /usr/lib/postgresql/15/bin/pg_config \
+ && make install-sql PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
 
 # ---------------------------------------------------------------------------------------------------------------
 # Runtime: the plain image plus pg_cron (optional scheduling of `SELECT damascus_tick()`) and the built files.

@@ -49,16 +49,7 @@ fn two_workers_and_four_tick_loops_give_one_accepted_verdict_per_ticket_and_phas
         })
         .collect();
     let drained = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        wait_for("all 200 tickets done", Duration::from_secs(180), || {
-            let n: i64 = c
-                .query_one(
-                    "SELECT count(*) FROM damascus.tickets WHERE state = 'done'",
-                    &[],
-                )
-                .unwrap()
-                .get(0);
-            (n == 200).then_some(())
-        })
+        wait_tickets_in(&mut c, "done", 200, Duration::from_secs(180))
     }));
     done.store(true, Ordering::SeqCst);
     let by_ticks: i32 = loops.into_iter().map(|h| h.join().unwrap()).sum();

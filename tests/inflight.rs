@@ -20,17 +20,6 @@ fn setup() -> std::sync::MutexGuard<'static, ()> {
     guard
 }
 
-fn worker_pid(c: &mut Client) -> i32 {
-    wait_for("the static worker", Duration::from_secs(30), || {
-        c.query_opt(
-            "SELECT pid FROM pg_stat_activity WHERE backend_type = 'damascus worker'",
-            &[],
-        )
-        .unwrap()
-        .map(|r| r.get(0))
-    })
-}
-
 fn claimed_by_worker(c: &mut Client) -> i64 {
     c.query_one(
         "SELECT count(*) FROM damascus.tickets WHERE claimed_by LIKE 'damascus worker 1 %'",
@@ -95,16 +84,7 @@ fn one_worker_holds_eight_claims_at_once() {
     assert_eq!(activity, "damascus: 8 calls in flight");
     // Never more than eight, and all twelve go on to done.
     llm().set_behavior(Behavior::Good);
-    wait_for("all twelve done", Duration::from_secs(60), || {
-        let n: i64 = c
-            .query_one(
-                "SELECT count(*) FROM damascus.tickets WHERE state = 'done'",
-                &[],
-            )
-            .unwrap()
-            .get(0);
-        (n == 12).then_some(())
-    });
+    wait_tickets_in(&mut c, "done", 12, Duration::from_secs(60));
     let accepted: i64 = c
         .query_one(
             "SELECT count(*) FROM damascus.cycles WHERE verdict IN ('spec_ok', 'impl_ok', 'approved')",
@@ -219,15 +199,6 @@ fn pg_cancel_backend_cancels_every_cycle_and_keeps_the_worker() {
         (n == 8).then_some(())
     });
     // The same worker takes them up again (the stand-in now answers) and finishes them.
-    wait_for("all eight done", Duration::from_secs(60), || {
-        let n: i64 = c
-            .query_one(
-                "SELECT count(*) FROM damascus.tickets WHERE state = 'done'",
-                &[],
-            )
-            .unwrap()
-            .get(0);
-        (n == 8).then_some(())
-    });
+    wait_tickets_in(&mut c, "done", 8, Duration::from_secs(60));
     assert_eq!(worker_pid(&mut c), pid);
 }

@@ -19,18 +19,6 @@ fn setup() -> std::sync::MutexGuard<'static, ()> {
     guard
 }
 
-/// The pid of the static worker, once it is up.
-fn worker_pid(c: &mut Client) -> i32 {
-    wait_for("the static worker", Duration::from_secs(30), || {
-        c.query_opt(
-            "SELECT pid FROM pg_stat_activity WHERE backend_type = 'damascus worker' AND application_name = 'damascus worker 1'",
-            &[],
-        )
-        .unwrap()
-        .map(|r| r.get(0))
-    })
-}
-
 fn wait_state(c: &mut Client, id: i64, state: &str, timeout: Duration) {
     wait_for(&format!("ticket {id} to reach {state}"), timeout, || {
         (ticket(c, id).state == state).then_some(())
@@ -46,16 +34,7 @@ fn the_static_worker_drains_20_tickets_through_all_phases_without_a_manual_tick(
     let ids: Vec<i64> = (0..20)
         .map(|i| submit(&mut c, &format!("Ticket number {i}"), "Do the thing"))
         .collect();
-    wait_for("all 20 tickets done", Duration::from_secs(90), || {
-        let n: i64 = c
-            .query_one(
-                "SELECT count(*) FROM damascus.tickets WHERE state = 'done'",
-                &[],
-            )
-            .unwrap()
-            .get(0);
-        (n == 20).then_some(())
-    });
+    wait_tickets_in(&mut c, "done", 20, Duration::from_secs(90));
     for id in ids {
         let cy = cycles(&mut c, id);
         let seen: Vec<(&str, Option<&str>)> = cy

@@ -389,3 +389,32 @@ pub fn system_text(r: &fakellm::RecordedRequest) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+/// The pid of static worker 1, once it is up.
+pub fn worker_pid(c: &mut Client) -> i32 {
+    wait_for("the static worker", Duration::from_secs(30), || {
+        c.query_opt(
+            "SELECT pid FROM pg_stat_activity WHERE backend_type = 'damascus worker' AND application_name = 'damascus worker 1'",
+            &[],
+        )
+        .unwrap()
+        .map(|r| r.get(0))
+    })
+}
+
+/// The number of tickets in `state`.
+pub fn tickets_in(c: &mut Client, state: &str) -> i64 {
+    c.query_one(
+        "SELECT count(*) FROM damascus.tickets WHERE state = $1",
+        &[&state],
+    )
+    .unwrap()
+    .get(0)
+}
+
+/// Waits until exactly `n` tickets are in `state`.
+pub fn wait_tickets_in(c: &mut Client, state: &str, n: i64, timeout: Duration) {
+    wait_for(&format!("{n} tickets {state}"), timeout, || {
+        (tickets_in(c, state) == n).then_some(())
+    });
+}

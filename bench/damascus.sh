@@ -9,7 +9,7 @@
 # Prints to stdout, one per line:
 #   PEER<TAB>damascus<TAB>WxK<TAB>items<TAB>seconds<TAB>items_per_s<TAB>pg_cpu_ms_per_item<TAB>driver_cpu_ms_per_item<TAB>llm_cpu_ms_per_item<TAB>correct<TAB>note
 #   CLAIM<TAB>waiting<TAB>p50_ms<TAB>p99_ms
-#   RSS<TAB>what<TAB>kB
+#   RSS<TAB>what<TAB>VmRSS kB<TAB>RssAnon kB
 # Everything it starts is stopped on exit.
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -115,6 +115,8 @@ drain() {
   stop_pg
 }
 
+ONLY="${DAMASCUS_ONLY:-all}"   # all, or rss (worker memory only)
+if [ "$ONLY" = all ]; then
 for cfg in $CONFIGS; do drain "${cfg%x*}" "${cfg#*x}" 0 "" "$N"; done
 drain 1 8 1000000 "" "$N"
 drain 1 16 0 "[fakellm:slow=200]" 1600
@@ -135,20 +137,26 @@ for depth in 1000 100000 1000000; do
   printf 'CLAIM\t%s\t%s\t%s\n' "$depth" "$p50" "$p99"
 done
 stop_pg
+fi
 
-# Worker memory: idle, with 16 calls in flight, after 20,000 cycles.
-start_pg 1 16
+# Worker memory: idle, with 64 calls in flight, after 10,000 and 20,000 cycles.
+start_pg 1 "${RSS_INFLIGHT:-64}"
 psql_b -c "TRUNCATE damascus.tickets, damascus.cycles RESTART IDENTITY" >/dev/null
 wpid=""; for _ in $(seq 100); do wpid="$(psql_b -c "SELECT pid FROM pg_stat_activity WHERE backend_type = 'damascus worker'")"; [ -n "$wpid" ] && break; sleep 0.1; done
 sleep 1
-rss() { awk '/^VmRSS/ {print $2}' "/proc/$wpid/status"; }
+# VmRSS counts the shared buffers a backend has touched, which grows with the tables it writes until
+# shared_buffers is covered; RssAnon is the worker's private memory, where a leak would show.
+rss() { awk '/^VmRSS/ {r = $2} /^RssAnon/ {a = $2} END {print r "\t" a}' "/proc/$wpid/status"; }
 printf 'RSS\tidle\t%s\n' "$(rss)"
-psql_b -c "SELECT count(damascus_submit('Slow ' || g, 'b [fakellm:slow=5000]')) FROM generate_series(1, 16) g" >/dev/null
-for _ in $(seq 100); do [ "$(psql_b -c "SELECT count(*) FROM damascus.tickets WHERE claim_token IS NOT NULL")" = 16 ] && break; sleep 0.1; done
-printf 'RSS\t16 in flight\t%s\n' "$(rss)"
-psql_b -c "SELECT count(damascus_cancel(id)) FROM damascus.tickets" >/dev/null
-psql_b -c "INSERT INTO damascus.tickets (title, body) SELECT 'Many ' || g, 'b' FROM generate_series(1, 20000) g" >/dev/null
-until [ "$(psql_b -c "SELECT count(*) FROM damascus.tickets WHERE state = 'done'")" -ge 20000 ]; do sleep 0.5; done
-printf 'RSS\tafter 20000 cycles\t%s\n' "$(rss)"
+psql_b -c "SELECT count(damascus_submit('Slow ' || g, 'b [fakellm:slow=5000]')) FROM generate_series(1, 64) g" >/dev/null
+for _ in $(seq 100); do [ "$(psql_b -c "SELECT count(*) FROM damascus.tickets WHERE claim_token IS NOT NULL")" = 64 ] && break; sleep 0.1; done
+printf 'RSS\t64 in flight\t%s\n' "$(rss)"
+psql_b -c "SELECT count(damascus_cancel(id)) FROM damascus.tickets WHERE state NOT IN ('done', 'cancelled')" >/dev/null
+# Two rounds of 10,000: growth per cycle shows as a difference between them.
+for round in 1 2; do
+  psql_b -c "INSERT INTO damascus.tickets (title, body) SELECT 'Many ' || g, 'b' FROM generate_series(1, 10000) g" >/dev/null
+  until [ "$(psql_b -c "SELECT count(*) FROM damascus.tickets WHERE state = 'done'")" -ge $((round * 10000)) ]; do sleep 0.5; done
+  printf 'RSS\tafter %s cycles\t%s\n' "$((round * 10000))" "$(rss)"
+done
 stop_pg
 log "done"

@@ -9,6 +9,7 @@
 # Prints to stdout, one per line:
 #   PEER<TAB>damascus<TAB>WxK<TAB>items<TAB>seconds<TAB>items_per_s<TAB>pg_cpu_ms_per_item<TAB>driver_cpu_ms_per_item<TAB>llm_cpu_ms_per_item<TAB>correct<TAB>note
 #   CLAIM<TAB>waiting<TAB>p50_ms<TAB>p99_ms
+#   TICK<TAB>idle_ms<TAB>one_cycle_ms
 #   RSS<TAB>what<TAB>VmRSS kB<TAB>RssAnon kB
 # Everything it starts is stopped on exit.
 set -euo pipefail
@@ -136,6 +137,14 @@ for depth in 1000 100000 1000000; do
   log "claim latency at $depth waiting: p50 ${p50} ms, p99 ${p99} ms"
   printf 'CLAIM\t%s\t%s\t%s\n' "$depth" "$p50" "$p99"
 done
+# damascus_tick(): a dynamic background worker per call, with nothing to claim and with one cycle to run.
+echo "SELECT * FROM damascus_tick();" > "$DIR/tick.sql"
+psql_b -c "TRUNCATE damascus.tickets, damascus.cycles RESTART IDENTITY" >/dev/null
+idle="$(as_pg "$PG_BIN/pgbench" -n -h "$DIR" -p "$PORT" -U postgres -t 200 -f "$DIR/tick.sql" bench 2>/dev/null | sed -n 's/^latency average = \([0-9.]*\) ms/\1/p')"
+psql_b -c "SELECT count(damascus_submit('Tick ' || g, 'b')) FROM generate_series(1, 200) g" >/dev/null
+busy="$(as_pg "$PG_BIN/pgbench" -n -h "$DIR" -p "$PORT" -U postgres -t 200 -f "$DIR/tick.sql" bench 2>/dev/null | sed -n 's/^latency average = \([0-9.]*\) ms/\1/p')"
+log "damascus_tick(): ${idle} ms with nothing to claim, ${busy} ms for a full cycle"
+printf 'TICK\t%s\t%s\n' "$idle" "$busy"
 stop_pg
 fi
 

@@ -104,6 +104,12 @@ def main():
     for depth in sorted(claims):
         p(f"| {depth:,} | {claims[depth][0]:.3f} | {claims[depth][1]:.3f} |")
     p("")
+    for idle, busy in rows(a.damascus, "TICK"):
+        p("## damascus_tick() latency (pgbench, 200 calls, 1 client; a dynamic background worker per call)")
+        p("")
+        p(f"- nothing to claim: {idle} ms")
+        p(f"- one full cycle (claim, phase, call, verdict): {busy} ms")
+        p("")
     p("## Worker memory")
     p("")
     p("VmRSS includes the shared buffers the worker has touched, which grows with the tables it writes until it")

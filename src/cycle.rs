@@ -246,10 +246,10 @@ pub fn begin(ctx: &Rc<Context>) -> Begun {
     if let Some(timeout) = phase.timeout {
         cfg.timeout = timeout;
     }
-    let prompt = phase.prompt(&start.input);
     let codec = ctx.settings.provider.codec();
-    let prompt_sha256 = sha256_hex(codec.build(&cfg, &prompt).body.as_bytes());
-    let call = InFlight::start(codec, &cfg, &prompt, true);
+    let request = codec.build(&cfg, &phase.prompt(&start.input));
+    let prompt_sha256 = sha256_hex(request.body.as_bytes());
+    let call = InFlight::send(codec, request, cfg.timeout, true);
     Begun::Calling(Box::new(Calling {
         ctx: Rc::clone(ctx),
         phase,

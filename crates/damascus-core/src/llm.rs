@@ -23,9 +23,9 @@ pub struct InFlight {
     thread: Option<JoinHandle<()>>,
 }
 
-fn agent(cfg: &LlmConfig) -> ureq::Agent {
+fn agent(timeout: Duration) -> ureq::Agent {
     ureq::Agent::config_builder()
-        .timeout_global(Some(cfg.timeout))
+        .timeout_global(Some(timeout))
         .http_status_as_error(false)
         .max_redirects(0)
         .user_agent(concat!("damascus/", env!("CARGO_PKG_VERSION")))
@@ -33,16 +33,23 @@ fn agent(cfg: &LlmConfig) -> ureq::Agent {
         .into()
 }
 
-fn block_all_signals() {
-    // Postgres' signal handlers (pgrx's included) must run on the main thread only; a handler
-    // run here would call Postgres from a foreign thread. Threads ureq spawns inherit this mask.
-    // SAFETY: `set` is a plain C struct for which all-zero bytes are a valid value, and it is
-    // fully initialised by sigfillset before use; pthread_sigmask only reads it, and a null
-    // old-set pointer is allowed. Both calls touch only this thread's signal state.
+/// Runs `spawn` with every signal blocked on the calling thread, then restores its mask. A thread inherits
+/// the mask of the thread that creates it, so the HTTP thread (and any thread ureq starts from it) is born
+/// blocking everything: Postgres' handlers (pgrx's included) must only ever run on the main thread, and a
+/// mask set inside the new thread would leave a window in which one could land there. Signals that arrive
+/// meanwhile stay pending and are delivered to the main thread when its mask is restored.
+fn spawn_with_signals_blocked<T>(spawn: impl FnOnce() -> T) -> T {
+    // SAFETY: `all` and `old` are plain C structs for which all-zero bytes are valid values; `all` is
+    // filled by sigfillset before use, `old` is written by the first pthread_sigmask and only read by the
+    // second. Both calls change only this thread's signal mask.
     unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut set);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
+        let spawned = spawn();
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        spawned
     }
 }
 
@@ -85,24 +92,35 @@ impl InFlight {
         prompt: &Prompt,
         wake: bool,
     ) -> InFlight {
-        let request = codec.build(cfg, prompt);
-        let agent = agent(cfg);
+        InFlight::send(codec, codec.build(cfg, prompt), cfg.timeout, wake)
+    }
+
+    /// Sends a request already built by `codec` (so a caller can hash or log exactly what goes out
+    /// without building it twice).
+    pub fn send(
+        codec: &'static dyn Codec,
+        request: HttpRequest,
+        timeout: Duration,
+        wake: bool,
+    ) -> InFlight {
+        let agent = agent(timeout);
         let thread_agent = agent.clone();
         let (tx, rx) = mpsc::channel();
-        let spawned = std::thread::Builder::new()
-            .name("damascus-llm".into())
-            .spawn(move || {
-                block_all_signals();
-                let started = Instant::now();
-                let result = send(&thread_agent, codec, &request);
-                let _ = tx.send(CallOutcome {
-                    result,
-                    elapsed: started.elapsed(),
-                });
-                if wake {
-                    wake_main_thread();
-                }
-            });
+        let spawned = spawn_with_signals_blocked(|| {
+            std::thread::Builder::new()
+                .name("damascus-llm".into())
+                .spawn(move || {
+                    let started = Instant::now();
+                    let result = send(&thread_agent, codec, &request);
+                    let _ = tx.send(CallOutcome {
+                        result,
+                        elapsed: started.elapsed(),
+                    });
+                    if wake {
+                        wake_main_thread();
+                    }
+                })
+        });
         match spawned {
             Ok(handle) => InFlight {
                 rx,
@@ -373,5 +391,80 @@ mod tests {
             message.starts_with("requests (rate_limit_exceeded): "),
             "{message}"
         );
+    }
+
+    /// SigBlk of the threads of this process whose name is `name`, as /proc shows them.
+    fn blocked_signals_of(name: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            if comm.trim() != name {
+                continue;
+            }
+            let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+            if let Some(l) = status.lines().find(|l| l.starts_with("SigBlk:")) {
+                out.push(l["SigBlk:".len()..].trim().to_string());
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_http_thread_is_born_with_every_signal_blocked_and_the_caller_keeps_its_mask() {
+        let mine = || {
+            std::fs::read_to_string("/proc/thread-self/status")
+                .unwrap()
+                .lines()
+                .find(|l| l.starts_with("SigBlk:"))
+                .unwrap()
+                .to_string()
+        };
+        let before = mine();
+        let server = FakeLlm::start(Behavior::Hang).unwrap();
+        let call = InFlight::start(
+            &Anthropic,
+            &cfg(server.url(), Duration::from_secs(30)),
+            &prompt(),
+            false,
+        );
+        let masks = wait_until(|| {
+            let m = blocked_signals_of("damascus-llm");
+            (!m.is_empty()).then_some(m)
+        });
+        // Every signal Postgres handles is blocked (glibc keeps two of its own, and SIGKILL/SIGSTOP
+        // cannot be blocked, so the mask is not all ones).
+        let handled = [
+            libc::SIGHUP,
+            libc::SIGINT,
+            libc::SIGQUIT,
+            libc::SIGUSR1,
+            libc::SIGUSR2,
+            libc::SIGALRM,
+            libc::SIGTERM,
+            libc::SIGCHLD,
+            libc::SIGPIPE,
+        ];
+        for m in &masks {
+            let bits = u64::from_str_radix(m, 16).unwrap();
+            for sig in handled {
+                assert!(
+                    bits & (1u64 << (sig - 1)) != 0,
+                    "signal {sig} not blocked: SigBlk {m}"
+                );
+            }
+        }
+        assert_eq!(mine(), before, "the caller's mask is restored");
+        call.cancel();
+    }
+
+    fn wait_until<T>(mut f: impl FnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(v) = f() {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "condition not reached");
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }

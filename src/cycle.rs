@@ -202,13 +202,26 @@ fn sha256_hex(bytes: &[u8]) -> String {
 
 /// Claim and phase transactions, then starts the LLM call with no transaction open.
 pub fn begin(ctx: &Rc<Context>) -> Begun {
-    let claim = match soft_transaction(|| {
-        store::claim(ctx.settings.stale_claim_minutes, &ctx.worker).or_raise()
+    match begin_many(ctx, 1).pop() {
+        Some(b) => b,
+        None => Begun::Idle,
+    }
+}
+
+/// Claims up to `want` tickets in one claim transaction, then runs each one's phase transaction and starts
+/// its call. An empty result, or one shorter than `want`, means nothing more was claimable.
+pub fn begin_many(ctx: &Rc<Context>, want: usize) -> Vec<Begun> {
+    let limit = i32::try_from(want).unwrap_or(i32::MAX).max(1);
+    match soft_transaction(|| {
+        store::claim(ctx.settings.stale_claim_minutes, &ctx.worker, limit).or_raise()
     }) {
-        Ok(Some(c)) => c,
-        Ok(None) => return Begun::Idle,
-        Err(e) => return Begun::Failed(format!("claim failed: {e}")),
-    };
+        Ok(claims) => claims.into_iter().map(|c| start(ctx, c)).collect(),
+        Err(e) => vec![Begun::Failed(format!("claim failed: {e}"))],
+    }
+}
+
+/// The phase transaction of one claim, then its call.
+fn start(ctx: &Rc<Context>, claim: Claim) -> Begun {
     let start = match soft_transaction(|| store::begin_phase(&claim, &ctx.worker).or_raise()) {
         Ok(Some(s)) => s,
         Ok(None) => {

@@ -168,24 +168,30 @@ pub fn extension_version() -> Result<Option<String>, DamascusError> {
     })
 }
 
-/// Claim transaction body. `None` when nothing is claimable.
-pub fn claim(stale_minutes: i32, worker: &str) -> Result<Option<Claim>, DamascusError> {
+/// Claim transaction body: up to `limit` claims, best first (none when nothing is claimable).
+pub fn claim(stale_minutes: i32, worker: &str, limit: i32) -> Result<Vec<Claim>, DamascusError> {
     run(
         "claim",
         CLAIM,
-        &[stale_minutes.into(), worker.to_string().into()],
+        &[
+            stale_minutes.into(),
+            worker.to_string().into(),
+            limit.into(),
+        ],
         |table| {
-            if table.is_empty() {
-                return Ok(None);
+            let mut claims = Vec::new();
+            for row in table {
+                let get_i64 = |n, what| row.get::<i64>(n)?.ok_or(ReadError::Null(what));
+                let get_text = |n, what| row.get::<String>(n)?.ok_or(ReadError::Null(what));
+                claims.push(Claim {
+                    ticket_id: get_i64(1, "ticket id")?,
+                    state: get_text(2, "state")?,
+                    phase: get_text(3, "phase")?,
+                    token: get_i64(4, "claim token")?,
+                    claim_xid: get_i64(5, "claim xid")?,
+                });
             }
-            let row = table.first();
-            Ok(Some(Claim {
-                ticket_id: required(&row, 1, "ticket id")?,
-                state: required(&row, 2, "state")?,
-                phase: required(&row, 3, "phase")?,
-                token: required(&row, 4, "claim token")?,
-                claim_xid: required(&row, 5, "claim xid")?,
-            }))
+            Ok(claims)
         },
     )
 }

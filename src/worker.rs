@@ -189,20 +189,27 @@ pub extern "C-unwind" fn damascus_worker_main(arg: pg_sys::Datum) {
         // New claims, up to max_inflight.
         if ready && idle_until.is_none_or(|t| Instant::now() >= t) {
             idle_until = None;
-            while calls.len() < ctx.settings.max_inflight && !stopping() {
-                match cycle::begin(&ctx) {
-                    Begun::Calling(c) => calls.push(c),
-                    Begun::Ended(_) => {}
-                    Begun::Idle => {
-                        idle_until = Some(Instant::now() + naptime);
-                        break;
+            // One claim transaction for all the room there is; a short batch means nothing more is claimable.
+            let want = ctx.settings.max_inflight.saturating_sub(calls.len());
+            if want > 0 && !stopping() {
+                let begun = cycle::begin_many(&ctx, want);
+                let mut claimed = 0;
+                for b in begun {
+                    match b {
+                        Begun::Calling(c) => {
+                            claimed += 1;
+                            calls.push(c);
+                        }
+                        Begun::Ended(_) => claimed += 1,
+                        Begun::Idle => {}
+                        Begun::Failed(e) => {
+                            ready = false;
+                            failed_claim = Some(e);
+                        }
                     }
-                    Begun::Failed(e) => {
-                        ready = false;
-                        failed_claim = Some(e);
-                        idle_until = Some(Instant::now() + naptime);
-                        break;
-                    }
+                }
+                if claimed < want {
+                    idle_until = Some(Instant::now() + naptime);
                 }
             }
         }

@@ -126,7 +126,7 @@ drain 1 64 0 "[fakellm:slow=200]" 3200
 # Claim latency: the claim statement alone (rolled back), no worker running, at three queue depths.
 start_pg 0 1
 psql_b -c "UPDATE damascus.phases SET enabled = true WHERE name = 'refine_spec'" >/dev/null
-{ echo "BEGIN;"; sed -e 's/\$1/30/g' -e "s/\\\$2/'bench'/g" -e '/^--/d' "$ROOT/sql/runtime/claim.sql"; echo ";"; echo "ROLLBACK;"; } > "$DIR/claim.sql"
+{ echo "BEGIN;"; sed -e 's/\$1/30/g' -e "s/\\\$2/'bench'/g" -e 's/\$3/1/g' -e '/^--/d' "$ROOT/sql/runtime/claim.sql"; echo ";"; echo "ROLLBACK;"; } > "$DIR/claim.sql"
 for depth in 1000 100000 1000000; do
   psql_b -c "TRUNCATE damascus.tickets, damascus.cycles RESTART IDENTITY" \
          -c "INSERT INTO damascus.tickets (title, body) SELECT 'Waiting ' || g, 'b' FROM generate_series(1, $depth) g" \

@@ -227,15 +227,26 @@ mod tests {
         }
     }
 
-    #[test]
-    fn real_http_round_trip() {
-        let server = FakeLlm::start(Behavior::Good).unwrap();
+    /// One call through `codec` to a fresh stand-in answering with `behavior`; the server is returned so
+    /// a test can read what it received.
+    fn round_trip(
+        codec: &'static dyn Codec,
+        behavior: Behavior,
+        timeout: Duration,
+    ) -> (FakeLlm, CallOutcome) {
+        let server = FakeLlm::start(behavior).unwrap();
         let out = wait(InFlight::start(
-            &Anthropic,
-            &cfg(server.url(), Duration::from_secs(5)),
+            codec,
+            &cfg(server.url(), timeout),
             &prompt(),
             false,
         ));
+        (server, out)
+    }
+
+    #[test]
+    fn real_http_round_trip() {
+        let (server, out) = round_trip(&Anthropic, Behavior::Good, Duration::from_secs(5));
         let c = out.result.unwrap();
         assert_eq!(crate::spec::validate(&c.text), Ok(()));
         let reqs = server.requests();
@@ -264,13 +275,7 @@ mod tests {
 
     #[test]
     fn timeout_is_a_transport_error() {
-        let server = FakeLlm::start(Behavior::Hang).unwrap();
-        let out = wait(InFlight::start(
-            &Anthropic,
-            &cfg(server.url(), Duration::from_millis(300)),
-            &prompt(),
-            false,
-        ));
+        let (_server, out) = round_trip(&Anthropic, Behavior::Hang, Duration::from_millis(300));
         assert!(
             matches!(out.result, Err(CallError::Transport(_))),
             "{:?}",
@@ -281,13 +286,7 @@ mod tests {
 
     #[test]
     fn status_errors_keep_their_status() {
-        let server = FakeLlm::start(Behavior::Status(529)).unwrap();
-        let out = wait(InFlight::start(
-            &Anthropic,
-            &cfg(server.url(), Duration::from_secs(5)),
-            &prompt(),
-            false,
-        ));
+        let (_server, out) = round_trip(&Anthropic, Behavior::Status(529), Duration::from_secs(5));
         assert_eq!(out.result.unwrap_err().http_status(), Some(529));
     }
 
@@ -333,13 +332,7 @@ mod tests {
 
     #[test]
     fn openai_real_http_round_trip() {
-        let server = FakeLlm::start(Behavior::Good).unwrap();
-        let out = wait(InFlight::start(
-            &OpenAi,
-            &cfg(server.url(), Duration::from_secs(5)),
-            &prompt(),
-            false,
-        ));
+        let (server, out) = round_trip(&OpenAi, Behavior::Good, Duration::from_secs(5));
         let c = out.result.unwrap();
         assert_eq!(crate::spec::validate(&c.text), Ok(()));
         assert_eq!(c.stop_reason.as_deref(), Some("stop"));
@@ -376,13 +369,7 @@ mod tests {
 
     #[test]
     fn openai_status_errors_keep_status_and_message() {
-        let server = FakeLlm::start(Behavior::Status(429)).unwrap();
-        let out = wait(InFlight::start(
-            &OpenAi,
-            &cfg(server.url(), Duration::from_secs(5)),
-            &prompt(),
-            false,
-        ));
+        let (_server, out) = round_trip(&OpenAi, Behavior::Status(429), Duration::from_secs(5));
         let Err(CallError::Http { status, message }) = out.result else {
             panic!("expected an HTTP error, got {:?}", out.result)
         };

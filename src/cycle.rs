@@ -104,21 +104,49 @@ pub fn transaction<R>(body: impl FnOnce() -> R) -> Result<R, String> {
 /// after the stale window; the verdict, a paid-for answer, always commits durably.
 pub fn soft_transaction<R>(body: impl FnOnce() -> R) -> Result<R, String> {
     transaction(|| {
-        // SAFETY: main thread, inside the transaction just started; GUC_ACTION_LOCAL reverts the
-        // setting when this transaction ends, so the verdict transaction is durable again.
-        unsafe {
-            pg_sys::set_config_option(
-                c"synchronous_commit".as_ptr(),
-                c"off".as_ptr(),
-                pg_sys::GucContext::PGC_USERSET,
-                pg_sys::GucSource::PGC_S_SESSION,
-                pg_sys::GucAction::GUC_ACTION_LOCAL,
-                true,
-                0,
-                false,
-            );
-        }
+        // GUC_ACTION_LOCAL reverts the setting when this transaction ends, so the verdict transaction is
+        // durable again.
+        set_setting(
+            c"synchronous_commit",
+            c"off",
+            pg_sys::GucAction::GUC_ACTION_LOCAL,
+        );
         body()
+    })
+}
+
+/// Sets a server setting for this worker's session (or its transaction), as the worker's own superuser
+/// connection may.
+fn set_setting(name: &std::ffi::CStr, value: &std::ffi::CStr, action: pg_sys::GucAction::Type) {
+    // SAFETY: main thread of a connected backend; both strings are NUL-terminated and outlive the call, which
+    // copies them; an invalid value raises an ERROR like any other.
+    unsafe {
+        pg_sys::set_config_option(
+            name.as_ptr(),
+            value.as_ptr(),
+            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            action,
+            true,
+            0,
+            false,
+        );
+    }
+}
+
+/// Session settings of every worker (static or behind a tick), set once after it connects.
+///
+/// `deadlock_timeout` is far below the 1 s a user session has, so in a deadlock with a user's statement (for
+/// one, `DROP EXTENSION damascus` while a worker claims) the worker detects it first and is the one rolled
+/// back (a failed claim is tried again later; a failed verdict is recorded as an error), and the user's
+/// statement goes through.
+pub fn prepare_session() -> Result<(), String> {
+    transaction(|| {
+        set_setting(
+            c"deadlock_timeout",
+            c"100ms",
+            pg_sys::GucAction::GUC_ACTION_SET,
+        );
     })
 }
 

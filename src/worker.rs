@@ -120,6 +120,9 @@ pub extern "C-unwind" fn damascus_worker_main(arg: pg_sys::Datum) {
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
     let name = format!("damascus worker {n}");
     report_appname(&name);
+    if let Err(e) = cycle::prepare_session() {
+        warning!("{name}: {e}");
+    }
     // SAFETY: MyProcPid is set before any extension code runs and never changes.
     let worker = format!("{name} (pid {})", unsafe { pg_sys::MyProcPid });
     log!("{name} started, serving database \"{database}\"");
@@ -271,6 +274,9 @@ pub extern "C-unwind" fn damascus_tick_main(arg: pg_sys::Datum) {
     };
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(slot.database()), None);
     report_appname("damascus tick");
+    if let Err(e) = cycle::prepare_session() {
+        warning!("damascus tick: {e}");
+    }
     let worker = format!(
         "damascus tick (pid {}, for pid {})",
         unsafe { pg_sys::MyProcPid },

@@ -7,7 +7,24 @@ mod common;
 use common::*;
 use std::time::{Duration, Instant};
 
-fn setup() -> std::sync::MutexGuard<'static, ()> {
+/// Held for a test's length: on the way out, pass or fail, the worker is left with nothing in flight, so a
+/// failed test's calls cannot land on the next test's tickets (ids restart with each test).
+struct Serial {
+    _settled: Settled,
+    _serial: std::sync::MutexGuard<'static, ()>,
+}
+
+struct Settled;
+
+impl Drop for Settled {
+    fn drop(&mut self) {
+        if let Err(e) = try_settle(&mut client()) {
+            eprintln!("could not settle the worker after the test: {e}");
+        }
+    }
+}
+
+fn setup() -> Serial {
     let guard = serial();
     boot(vec![
         "shared_preload_libraries = 'damascus'",
@@ -17,7 +34,10 @@ fn setup() -> std::sync::MutexGuard<'static, ()> {
         "damascus.naptime = 100",
         "damascus.llm_api_key = 'sk-fake'",
     ]);
-    guard
+    Serial {
+        _settled: Settled,
+        _serial: guard,
+    }
 }
 
 fn claimed_by_worker(c: &mut Client) -> i64 {
@@ -29,6 +49,24 @@ fn claimed_by_worker(c: &mut Client) -> i64 {
     .get(0)
 }
 
+/// Waits until the worker shows `n` calls in flight: its claims commit first, and it shows the count once
+/// their calls have started.
+fn wait_inflight(c: &mut Client, pid: i32, n: usize) {
+    let shown = format!("damascus: {n} calls in flight");
+    wait_for(
+        &format!("{n} calls in flight"),
+        Duration::from_secs(20),
+        || {
+            c.query_opt(
+                "SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND query = $2",
+                &[&pid, &shown],
+            )
+            .unwrap()
+            .map(|_| ())
+        },
+    );
+}
+
 fn submit_n(c: &mut Client, n: usize, body: &str) -> Vec<i64> {
     (0..n)
         .map(|i| submit(c, &format!("In flight {i}"), body))
@@ -37,24 +75,43 @@ fn submit_n(c: &mut Client, n: usize, body: &str) -> Vec<i64> {
 
 /// Lets the worker finish what it holds before the next test changes the stand-in's behaviour.
 fn settle(c: &mut Client) {
+    if let Err(e) = try_settle(c) {
+        panic!("{e}");
+    }
+}
+
+/// `settle` without panicking, for the guard that also runs it after a failed test.
+fn try_settle(c: &mut Client) -> Result<(), String> {
     llm().set_behavior(Behavior::Good);
     c.batch_execute(
         "SELECT damascus_cancel(id) FROM damascus.tickets WHERE state NOT IN ('done', 'failed', 'cancelled')",
     )
-    .unwrap();
-    wait_for("no claim left", Duration::from_secs(30), || {
-        (claimed_by_worker(c) == 0).then_some(())
-    });
+    .map_err(|e| e.to_string())?;
+    let until = |what: &str, sql: &str, c: &mut Client| -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match c.query_opt(sql, &[]) {
+                Ok(Some(_)) => return Ok(()),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                Ok(None) => return Err(format!("timed out waiting for {what}")),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    };
+    until(
+        "no claim left",
+        "SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM damascus.tickets WHERE claimed_by LIKE 'damascus worker 1 %')",
+        c,
+    )?;
     // The worker learns of the cancelled claims at its next heartbeat and stops those calls.
-    wait_for("no call left in flight", Duration::from_secs(30), || {
-        c.query_opt(
-            "SELECT 1 FROM pg_stat_activity WHERE backend_type = 'damascus worker'
-               AND query = 'damascus: 0 calls in flight'",
-            &[],
-        )
-        .unwrap()
-        .map(|_| ())
-    });
+    until(
+        "no call left in flight",
+        "SELECT 1 FROM pg_stat_activity WHERE backend_type = 'damascus worker'
+           AND query = 'damascus: 0 calls in flight'",
+        c,
+    )
 }
 
 #[test]
@@ -77,11 +134,8 @@ fn one_worker_holds_eight_claims_at_once() {
         .unwrap()
         .get(0);
     assert_eq!(workers, 1);
-    let activity: String = c
-        .query_one("SELECT query FROM pg_stat_activity WHERE pid = $1", &[&pid])
-        .unwrap()
-        .get(0);
-    assert_eq!(activity, "damascus: 8 calls in flight");
+    // The claims commit first; the worker shows its count once their calls have started.
+    wait_inflight(&mut c, pid, 8);
     // Never more than eight, and all twelve go on to done.
     llm().set_behavior(Behavior::Good);
     wait_tickets_in(&mut c, "done", 12, Duration::from_secs(60));
@@ -154,9 +208,10 @@ fn sigterm_with_eight_in_flight_gives_all_eight_back_within_two_seconds() {
     let mut c = client();
     let pid = worker_pid(&mut c);
     let ids = submit_n(&mut c, 8, "body");
-    wait_for("eight calls in flight", Duration::from_secs(20), || {
+    wait_for("eight claims", Duration::from_secs(20), || {
         (claimed_by_worker(&mut c) == 8).then_some(())
     });
+    wait_inflight(&mut c, pid, 8);
     let started = Instant::now();
     c.query_one("SELECT pg_terminate_backend($1)", &[&pid])
         .unwrap();
@@ -182,9 +237,10 @@ fn pg_cancel_backend_cancels_every_cycle_and_keeps_the_worker() {
     let mut c = client();
     let pid = worker_pid(&mut c);
     submit_n(&mut c, 8, "body");
-    wait_for("eight calls in flight", Duration::from_secs(20), || {
+    wait_for("eight claims", Duration::from_secs(20), || {
         (claimed_by_worker(&mut c) == 8).then_some(())
     });
+    wait_inflight(&mut c, pid, 8);
     llm().set_behavior(Behavior::Good);
     c.query_one("SELECT pg_cancel_backend($1)", &[&pid])
         .unwrap();

@@ -175,6 +175,61 @@ fn without_the_extension_the_worker_waits_quietly() {
     assert_eq!(worker_pid(&mut c), pid);
 }
 
+/// A worker that finds the tickets table locked waits for it holding no lock on the other tables, the order
+/// in which DROP EXTENSION takes them: so a DROP EXTENSION while the worker claims goes through instead of
+/// deadlocking with it (it did, in CI), and the worker waits for CREATE EXTENSION without a restart.
+#[test]
+fn drop_extension_while_the_worker_claims_goes_through() {
+    let _g = setup();
+    fresh(Behavior::Good);
+    let mut c = client();
+    let pid = worker_pid(&mut c);
+    let _restore = FreshExtension;
+    // A no-op ALTER invalidates the worker's kept plans, so its next claim is parsed afresh (the path that
+    // deadlocked); that claim comes after the lock below unless the worker claims in between (it naps 100 ms).
+    c.batch_execute("ALTER TABLE damascus.phases RESET (fillfactor)")
+        .unwrap();
+    let mut dropper = client();
+    dropper
+        .batch_execute(
+            "BEGIN; SET LOCAL lock_timeout = '20s'; LOCK TABLE damascus.tickets IN ACCESS EXCLUSIVE MODE",
+        )
+        .unwrap();
+    wait_for(
+        "the worker to wait for the tickets table",
+        Duration::from_secs(30),
+        || {
+            c.query_opt(
+                "SELECT 1 FROM pg_locks WHERE pid = $1 AND NOT granted AND relation = 'damascus.tickets'::regclass",
+                &[&pid],
+            )
+            .unwrap()
+            .map(|_| ())
+        },
+    );
+    let held: Vec<String> = c
+        .query(
+            "SELECT relation::regclass::text FROM pg_locks
+             WHERE pid = $1 AND granted AND relation IN (SELECT oid FROM pg_class WHERE relnamespace = 'damascus'::regnamespace)",
+            &[&pid],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        held.is_empty(),
+        "while it waits for damascus.tickets the worker holds {held:?}"
+    );
+    dropper
+        .batch_execute("DROP EXTENSION damascus; COMMIT")
+        .expect("DROP EXTENSION goes through while the worker claims");
+    c.batch_execute("CREATE EXTENSION damascus").unwrap();
+    let id = submit(&mut c, "After DROP and CREATE EXTENSION", "body");
+    wait_state(&mut c, id, "done", Duration::from_secs(30));
+    assert_eq!(worker_pid(&mut c), pid, "the worker was not restarted");
+}
+
 /// Puts the 0.2 extension back however the test that replaced it ends.
 struct FreshExtension;
 

@@ -206,7 +206,7 @@ pub(crate) fn read_body(stream: &mut TcpStream, head: &Head) -> Result<Vec<u8>, 
     Ok(body)
 }
 
-/// One complete response; `connection: close` and `content-length` are always added.
+/// One complete response; `connection` and `content-length` are always added.
 #[derive(Debug, Clone)]
 pub(crate) struct Response {
     pub status: u16,
@@ -237,8 +237,13 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-/// Writes the whole response in one buffer so it leaves in as few segments as possible.
-pub(crate) fn write_response(stream: &mut impl Write, resp: &Response) -> io::Result<()> {
+/// Writes the whole response in one buffer so it leaves in as few segments as possible; `keep_alive` says
+/// whether the connection stays open for another request.
+pub(crate) fn write_response(
+    stream: &mut impl Write,
+    resp: &Response,
+    keep_alive: bool,
+) -> io::Result<()> {
     let mut out = format!("HTTP/1.1 {} {}\r\n", resp.status, reason(resp.status));
     for (name, value) in &resp.headers {
         out.push_str(name);
@@ -247,7 +252,11 @@ pub(crate) fn write_response(stream: &mut impl Write, resp: &Response) -> io::Re
         out.push_str("\r\n");
     }
     out.push_str(&format!("content-length: {}\r\n", resp.body.len()));
-    out.push_str("connection: close\r\n\r\n");
+    out.push_str(if keep_alive {
+        "connection: keep-alive\r\n\r\n"
+    } else {
+        "connection: close\r\n\r\n"
+    });
     out.push_str(&resp.body);
     stream.write_all(out.as_bytes())?;
     stream.flush()

@@ -19,6 +19,9 @@
 //! The [`Behavior`] is the server default unless the message text carries a marker such as
 //! `[fakellm:truncated]`. A behaviour aimed at another phase answers like `Good`.
 //!
+//! Connections are kept alive between answered requests, as the real APIs do, unless the client sends
+//! `connection: close`; an error after which the request bytes may be unread, a hang or a reset closes it.
+//!
 //! ```no_run
 //! use fakellm::{Behavior, FakeLlm};
 //! let llm = FakeLlm::start(Behavior::Good).unwrap();
@@ -59,6 +62,9 @@ pub struct RecordedRequest {
     pub body: Option<serde_json::Value>,
     /// The body as text (lossily decoded if it was not UTF-8).
     pub raw_body: String,
+    /// Which TCP connection it came on (numbered from 1 in accept order): requests sharing a number
+    /// reused a kept-alive connection.
+    pub connection: u64,
 }
 
 impl RecordedRequest {

@@ -1,4 +1,4 @@
-//! The running server: shared state, the accept loop, and one handler thread per connection.
+//! The running server: shared state, the accept loop, and one handler thread per connection (kept alive between requests).
 
 use std::collections::HashMap;
 use std::io::{self, Read};
@@ -45,6 +45,7 @@ pub(crate) struct Shared {
     /// Clones of live sockets, so shutdown can unblock handlers stuck in reads.
     conns: Mutex<HashMap<u64, TcpStream>>,
     next_conn: AtomicU64,
+    next_request: AtomicU64,
     next_message: AtomicU64,
     logging: AtomicBool,
 }
@@ -58,6 +59,7 @@ impl Shared {
             stop_signal: Condvar::new(),
             conns: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
+            next_request: AtomicU64::new(1),
             next_message: AtomicU64::new(1),
             logging: AtomicBool::new(false),
         }
@@ -222,37 +224,50 @@ enum Reply {
     Reset,
 }
 
+/// Serves requests on one connection until it is closed: kept alive after each answered request (as the
+/// real APIs do) unless the client asked for `connection: close`.
 fn handle_connection(shared: &Shared, mut stream: TcpStream, conn_id: u64) {
-    let head = match http::read_head(&mut stream) {
+    while serve_one(shared, &mut stream, conn_id) {}
+}
+
+/// Reads and answers one request; true when the connection stays open for another.
+fn serve_one(shared: &Shared, stream: &mut TcpStream, conn_id: u64) -> bool {
+    let head = match http::read_head(stream) {
         Ok(head) => head,
-        Err(ReadError::Io) => return,
+        Err(ReadError::Io) => return false,
         Err(ReadError::Reject(rej)) => {
             shared.log(&format!(
                 "(malformed request) -> {} {}",
                 rej.status,
                 FALLBACK_FORMAT.error_type(rej.status)
             ));
-            let resp = with_request_id(FALLBACK_FORMAT.reject(&rej), conn_id);
-            if http::write_response(&mut stream, &resp).is_ok() {
-                http::linger_close(&mut stream);
+            let request_no = shared.next_request.fetch_add(1, Ordering::Relaxed);
+            let resp = with_request_id(FALLBACK_FORMAT.reject(&rej), request_no);
+            if http::write_response(stream, &resp, false).is_ok() {
+                http::linger_close(stream);
             }
-            return;
+            return false;
         }
     };
-    let body = match http::read_body(&mut stream, &head) {
+    let body = match http::read_body(stream, &head) {
         Ok(bytes) => Ok(bytes),
-        Err(ReadError::Io) => return,
+        Err(ReadError::Io) => return false,
         Err(ReadError::Reject(rej)) => Err(rej),
     };
     let raw = body.as_deref().unwrap_or_default();
     let parsed: Option<Value> = serde_json::from_slice(raw).ok();
+    let request_no = shared.next_request.fetch_add(1, Ordering::Relaxed);
     lock(&shared.requests).push(RecordedRequest {
         method: head.method.clone(),
         path: head.target.clone(),
         headers: head.headers.clone(),
         body: parsed.clone(),
         raw_body: String::from_utf8_lossy(raw).into_owned(),
+        connection: conn_id,
     });
+    let keep_alive = !head
+        .header("connection")
+        .is_some_and(|v| v.eq_ignore_ascii_case("close"));
 
     let (reply, label) = match body {
         Err(rej) => {
@@ -278,27 +293,33 @@ fn handle_connection(shared: &Shared, mut stream: TcpStream, conn_id: u64) {
 
     match reply {
         Reply::Send(resp) => {
-            let _ = http::write_response(&mut stream, &with_request_id(resp, conn_id));
+            http::write_response(stream, &with_request_id(resp, request_no), keep_alive).is_ok()
+                && keep_alive
         }
         Reply::SendAndLinger(resp) => {
-            if http::write_response(&mut stream, &with_request_id(resp, conn_id)).is_ok() {
-                http::linger_close(&mut stream);
+            if http::write_response(stream, &with_request_id(resp, request_no), false).is_ok() {
+                http::linger_close(stream);
             }
+            false
         }
         Reply::SlowThenSend(delay, resp) => {
             // On shutdown the client gets a closed connection, like a dying real server.
-            if !shared.wait_for_stop(delay) {
-                let _ = http::write_response(&mut stream, &with_request_id(resp, conn_id));
-            }
+            !shared.wait_for_stop(delay)
+                && http::write_response(stream, &with_request_id(resp, request_no), keep_alive)
+                    .is_ok()
+                && keep_alive
         }
-        Reply::Hang => hang(shared, &mut stream),
-        Reply::Reset => {}
+        Reply::Hang => {
+            hang(shared, stream);
+            false
+        }
+        Reply::Reset => false,
     }
 }
 
-fn with_request_id(mut resp: Response, conn_id: u64) -> Response {
+fn with_request_id(mut resp: Response, request_no: u64) -> Response {
     resp.headers
-        .push(("request-id", format!("req_fake_{conn_id:016}")));
+        .push(("request-id", format!("req_fake_{request_no:016}")));
     resp
 }
 

@@ -102,8 +102,13 @@ fn send_raw(url: &str, raw: &[u8]) -> Reply {
     read_reply(&mut stream)
 }
 
+/// One request on its own connection; it asks the server to close it after the answer, so the reply can
+/// be read to the end of the stream.
 fn request(url: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
-    let mut raw = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\n", host(url));
+    let mut raw = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
+        host(url)
+    );
     for (n, v) in headers {
         raw.push_str(&format!("{n}: {v}\r\n"));
     }
@@ -159,7 +164,11 @@ fn good_answer_has_the_exact_message_shape() {
     let reply = ask(&llm, "\nAdd a password reset flow\nDetails follow.");
     assert_eq!(reply.status, 200);
     assert_eq!(reply.header("content-type"), Some("application/json"));
-    assert_eq!(reply.header("connection"), Some("close"));
+    assert_eq!(
+        reply.header("connection"),
+        Some("close"),
+        "the client asked for close"
+    );
     let v = reply.json();
     let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
     keys.sort_unstable();
@@ -473,7 +482,7 @@ fn expect_continue_and_split_writes() {
     let mut stream = connect(&llm.url());
     write!(
         stream,
-        "POST /v1/messages HTTP/1.1\r\nx-api-key: k\r\nanthropic-version: v\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+        "POST /v1/messages HTTP/1.1\r\nx-api-key: k\r\nanthropic-version: v\r\nConnection: close\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
         body.len()
     )
     .unwrap();
@@ -1014,4 +1023,49 @@ fn help_describes_both_formats_and_the_new_spellings() {
     ] {
         assert!(help.contains(needle), "{needle}: {help}");
     }
+}
+
+/// Without `connection: close` the connection stays open for the next request, as with the real APIs, and
+/// both requests are recorded with the same connection number.
+#[test]
+fn connections_are_kept_alive_between_requests() {
+    let llm = FakeLlm::start(Behavior::Good).unwrap();
+    let mut stream = connect(&llm.url());
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    for prompt in ["First feature", "Second feature"] {
+        let body = body_for(prompt);
+        write!(
+            stream,
+            "POST /v1/messages HTTP/1.1\r\nx-api-key: k\r\nanthropic-version: v\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut status = String::new();
+        reader.read_line(&mut status).unwrap();
+        assert_eq!(status, "HTTP/1.1 200 OK\r\n");
+        let mut length = 0usize;
+        let mut connection = String::new();
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            let (name, value) = line.split_once(": ").unwrap();
+            match name.to_ascii_lowercase().as_str() {
+                "content-length" => length = value.parse().unwrap(),
+                "connection" => connection = value.to_string(),
+                _ => {}
+            }
+        }
+        assert_eq!(connection, "keep-alive");
+        let mut answer = vec![0u8; length];
+        reader.read_exact(&mut answer).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+        assert_eq!(v["type"], "message");
+    }
+    let reqs = llm.requests();
+    assert_eq!(reqs.len(), 2);
+    assert_eq!(reqs[0].connection, reqs[1].connection);
 }

@@ -1,13 +1,19 @@
-//! The LLM client: sends a codec's request on a helper thread that never touches Postgres, so the caller can wait on its latch and honour signals.
+//! The LLM client: each call runs on an HTTP thread that never touches Postgres, so the caller can wait on its latch and honour signals; threads and kept-alive connections are reused per base URL.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::{Rc, Weak};
 use std::sync::mpsc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::wire::{CallError, Codec, Completion, HttpRequest, LlmConfig, Prompt};
 
 /// Largest response body we read; a spec is a few kilobytes.
 const MAX_RESPONSE_BYTES: u64 = 8 * 1024 * 1024;
+
+/// Name resolution and TCP connect get their own bound, so a call stuck there ends even with a long
+/// overall timeout (the call's own timeout still applies when it is shorter).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The finished call as the verdict transaction needs it.
 #[derive(Debug, Clone)]
@@ -16,18 +22,51 @@ pub struct CallOutcome {
     pub elapsed: Duration,
 }
 
-/// A call running on its own thread.
-pub struct InFlight {
-    rx: mpsc::Receiver<CallOutcome>,
-    agent: Option<ureq::Agent>,
-    thread: Option<JoinHandle<()>>,
+/// One request for a lane's thread.
+struct Job {
+    codec: &'static dyn Codec,
+    request: HttpRequest,
+    timeout: Duration,
+    reply: mpsc::Sender<CallOutcome>,
+    wake: bool,
 }
 
-fn agent(timeout: Duration) -> ureq::Agent {
+/// An HTTP thread and its agent. The agent's connection to the base URL stays open between calls
+/// (keep-alive: no TCP or TLS handshake per call). One call at a time, so cancelling a call closes only
+/// that call's connection; a cancelled lane is retired, since its agent refuses requests afterwards.
+struct Lane {
+    jobs: mpsc::Sender<Job>,
+    /// A clone of the thread's agent (they share one connection pool), kept to cancel its call.
+    agent: ureq::Agent,
+}
+
+/// The lanes of one base URL that have no call, ready for the next one.
+#[derive(Default)]
+struct Idle {
+    lanes: Vec<Lane>,
+}
+
+thread_local! {
+    /// One transport per base URL (`scheme://host:port`) for this thread, the worker's main thread: a reload
+    /// that changes the URL gets a new one, and calls to the old URL finish on theirs.
+    static TRANSPORTS: RefCell<HashMap<String, Rc<RefCell<Idle>>>> = RefCell::new(HashMap::new());
+}
+
+/// `scheme://authority` of a URL: what a kept-alive connection can be shared over.
+fn base_of(url: &str) -> &str {
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    match url[after_scheme..].find(['/', '?', '#']) {
+        Some(i) => &url[..after_scheme + i],
+        None => url,
+    }
+}
+
+fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
-        .timeout_global(Some(timeout))
         .http_status_as_error(false)
         .max_redirects(0)
+        .timeout_resolve(Some(CONNECT_TIMEOUT))
+        .timeout_connect(Some(CONNECT_TIMEOUT))
         .user_agent(concat!("damascus/", env!("CARGO_PKG_VERSION")))
         .build()
         .into()
@@ -66,8 +105,13 @@ fn send(
     agent: &ureq::Agent,
     codec: &dyn Codec,
     req: &HttpRequest,
+    timeout: Duration,
 ) -> Result<Completion, CallError> {
-    let mut builder = agent.post(&req.url);
+    let mut builder = agent
+        .post(&req.url)
+        .config()
+        .timeout_global(Some(timeout))
+        .build();
     for (k, v) in &req.headers {
         builder = builder.header(k.as_str(), v.as_str());
     }
@@ -84,6 +128,41 @@ fn send(
     codec.parse(status, &body)
 }
 
+impl Lane {
+    fn spawn() -> std::io::Result<Lane> {
+        let agent = agent();
+        let thread_agent = agent.clone();
+        let (jobs, inbox) = mpsc::channel::<Job>();
+        spawn_with_signals_blocked(|| {
+            std::thread::Builder::new()
+                .name("damascus-llm".into())
+                .spawn(move || {
+                    // Ends when the lane is dropped (its sender with it), after the call it is on.
+                    for job in inbox {
+                        let started = Instant::now();
+                        let result = send(&thread_agent, job.codec, &job.request, job.timeout);
+                        let _ = job.reply.send(CallOutcome {
+                            result,
+                            elapsed: started.elapsed(),
+                        });
+                        if job.wake {
+                            wake_main_thread();
+                        }
+                    }
+                })
+        })?;
+        Ok(Lane { jobs, agent })
+    }
+}
+
+/// A call running on a lane of its base URL's transport.
+pub struct InFlight {
+    rx: mpsc::Receiver<CallOutcome>,
+    lane: Option<Lane>,
+    /// Where the lane goes back when the call is over (gone if the transport was dropped meanwhile).
+    home: Weak<RefCell<Idle>>,
+}
+
 impl InFlight {
     /// Starts the call. Settings were read by the caller on the main thread.
     pub fn start(
@@ -96,65 +175,75 @@ impl InFlight {
     }
 
     /// Sends a request already built by `codec` (so a caller can hash or log exactly what goes out
-    /// without building it twice).
+    /// without building it twice), on an idle lane of the transport for its base URL, or a new lane when
+    /// all are busy.
     pub fn send(
         codec: &'static dyn Codec,
         request: HttpRequest,
         timeout: Duration,
         wake: bool,
     ) -> InFlight {
-        let agent = agent(timeout);
-        let thread_agent = agent.clone();
-        let (tx, rx) = mpsc::channel();
-        let spawned = spawn_with_signals_blocked(|| {
-            std::thread::Builder::new()
-                .name("damascus-llm".into())
-                .spawn(move || {
-                    let started = Instant::now();
-                    let result = send(&thread_agent, codec, &request);
-                    let _ = tx.send(CallOutcome {
-                        result,
-                        elapsed: started.elapsed(),
-                    });
-                    if wake {
-                        wake_main_thread();
-                    }
-                })
+        let home = TRANSPORTS.with(|t| {
+            Rc::clone(
+                t.borrow_mut()
+                    .entry(base_of(&request.url).to_string())
+                    .or_default(),
+            )
         });
-        match spawned {
-            Ok(handle) => InFlight {
-                rx,
-                agent: Some(agent),
-                thread: Some(handle),
-            },
-            Err(e) => {
-                // No thread: report it as a transport failure so the ticket is retried, not lost.
-                let (tx, rx) = mpsc::channel();
-                let _ = tx.send(CallOutcome {
-                    result: Err(CallError::Transport(format!(
-                        "could not start the HTTP thread: {e}"
-                    ))),
-                    elapsed: Duration::ZERO,
-                });
-                InFlight {
-                    rx,
-                    agent: None,
-                    thread: None,
+        let (reply, rx) = mpsc::channel();
+        let mut job = Job {
+            codec,
+            request,
+            timeout,
+            reply,
+            wake,
+        };
+        // An idle lane whose thread has ended (it cannot, short of a panic) refuses the job; try the next.
+        let spawn_error = loop {
+            let lane = match home.borrow_mut().lanes.pop() {
+                Some(lane) => lane,
+                None => match Lane::spawn() {
+                    Ok(lane) => lane,
+                    Err(e) => break e,
+                },
+            };
+            match lane.jobs.send(job) {
+                Ok(()) => {
+                    return InFlight {
+                        rx,
+                        lane: Some(lane),
+                        home: Rc::downgrade(&home),
+                    };
                 }
+                Err(mpsc::SendError(back)) => job = back,
             }
+        };
+        // No thread: report it as a transport failure so the ticket is retried, not lost.
+        let _ = job.reply.send(CallOutcome {
+            result: Err(CallError::Transport(format!(
+                "could not start the HTTP thread: {spawn_error}"
+            ))),
+            elapsed: Duration::ZERO,
+        });
+        InFlight {
+            rx,
+            lane: None,
+            home: Weak::new(),
         }
     }
 
-    /// The outcome, once the call has finished.
+    /// The outcome, once the call has finished; its lane is then free for the next call.
     pub fn poll(&mut self) -> Option<CallOutcome> {
         match self.rx.try_recv() {
             Ok(outcome) => {
-                self.join();
+                if let (Some(lane), Some(home)) = (self.lane.take(), self.home.upgrade()) {
+                    home.borrow_mut().lanes.push(lane);
+                }
                 Some(outcome)
             }
             Err(mpsc::TryRecvError::Empty) => None,
             Err(mpsc::TryRecvError::Disconnected) => {
-                self.join();
+                self.lane.take();
                 Some(CallOutcome {
                     result: Err(CallError::Transport(
                         "the HTTP thread ended without an answer".into(),
@@ -165,24 +254,17 @@ impl InFlight {
         }
     }
 
-    /// Interrupts the call (closes its sockets) and returns at once.
+    /// Interrupts the call (closes its connection) and returns at once.
     pub fn cancel(mut self) {
         self.shutdown();
     }
 
-    /// Closes the call's sockets and lets its thread finish on its own. Never joins: a thread stuck in name
-    /// resolution or connect ends only at its own timeout, and a worker stopping many calls must not wait
-    /// for that. The thread owns nothing but its request and channel, so detaching it is safe.
+    /// Closes the call's connection and retires its lane, whose thread ends on its own after the call.
+    /// Never joins: a thread stuck in name resolution or connect ends only at CONNECT_TIMEOUT, and a worker
+    /// stopping many calls must not wait for that. Other calls to the same base URL are untouched.
     fn shutdown(&mut self) {
-        if let Some(agent) = self.agent.take() {
-            agent.shutdown();
-        }
-        self.thread.take();
-    }
-
-    fn join(&mut self) {
-        if let Some(handle) = self.thread.take() {
-            let _ = handle.join();
+        if let Some(lane) = self.lane.take() {
+            lane.agent.shutdown();
         }
     }
 }
@@ -328,6 +410,67 @@ mod tests {
             "cancel took {:?}",
             t.elapsed()
         );
+    }
+
+    fn prompt_with(marker: &str) -> Prompt {
+        let mut p = prompt();
+        p.user.push_str(marker);
+        p
+    }
+
+    #[test]
+    fn calls_to_one_base_url_reuse_a_kept_alive_connection() {
+        let server = FakeLlm::start(Behavior::Good).unwrap();
+        for _ in 0..3 {
+            let out = wait(InFlight::start(
+                &Anthropic,
+                &cfg(server.url(), Duration::from_secs(5)),
+                &prompt(),
+                false,
+            ));
+            assert!(out.result.is_ok(), "{:?}", out.result);
+        }
+        let conns: Vec<u64> = server.requests().iter().map(|r| r.connection).collect();
+        assert_eq!(conns.len(), 3);
+        assert!(
+            conns.iter().all(|c| *c == conns[0]),
+            "one connection for three calls, got {conns:?}"
+        );
+    }
+
+    #[test]
+    fn cancelling_one_call_leaves_the_others_to_the_same_url_running() {
+        let server = FakeLlm::start(Behavior::Good).unwrap();
+        let c = cfg(server.url(), Duration::from_secs(30));
+        let hanging = InFlight::start(&Anthropic, &c, &prompt_with(" [fakellm:hang]"), false);
+        let slow = InFlight::start(&Anthropic, &c, &prompt_with(" [fakellm:slow=400]"), false);
+        wait_until(|| (server.request_count() == 2).then_some(()));
+        hanging.cancel();
+        let out = wait(slow);
+        assert!(out.result.is_ok(), "{:?}", out.result);
+        // The lane of the finished call serves the next one on its kept-alive connection.
+        let slow_conn = server
+            .requests()
+            .iter()
+            .find(|r| r.raw_body.contains("slow=400"))
+            .unwrap()
+            .connection;
+        let next = wait(InFlight::start(&Anthropic, &c, &prompt(), false));
+        assert!(next.result.is_ok(), "{:?}", next.result);
+        assert_eq!(server.requests()[2].connection, slow_conn);
+    }
+
+    #[test]
+    fn base_url_is_scheme_and_authority() {
+        assert_eq!(
+            base_of("http://127.0.0.1:8080/v1/messages"),
+            "http://127.0.0.1:8080"
+        );
+        assert_eq!(
+            base_of("https://api.example.com"),
+            "https://api.example.com"
+        );
+        assert_eq!(base_of("https://h/v1?x=1"), "https://h");
     }
 
     #[test]

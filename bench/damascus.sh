@@ -127,10 +127,16 @@ drain 1 64 0 "[fakellm:slow=200]" 3200
 start_pg 0 1
 psql_b -c "UPDATE damascus.phases SET enabled = true WHERE name = 'refine_spec'" >/dev/null
 { echo "BEGIN;"; sed -e 's/\$1/30/g' -e "s/\\\$2/'bench'/g" -e 's/\$3/1/g' -e '/^--/d' "$ROOT/sql/runtime/claim.sql"; echo ";"; echo "ROLLBACK;"; } > "$DIR/claim.sql"
-for depth in 1000 100000 1000000; do
+# "1000000+busy": the oldest 100,000 of the million are backing off for an hour and the next 1,000 are
+# claimed by a live worker, all ahead of the claimable ones in claim order.
+for depth in 1000 100000 1000000 1000000+busy; do
   psql_b -c "TRUNCATE damascus.tickets, damascus.cycles RESTART IDENTITY" \
-         -c "INSERT INTO damascus.tickets (title, body) SELECT 'Waiting ' || g, 'b' FROM generate_series(1, $depth) g" \
-         -c "VACUUM ANALYZE damascus.tickets" >/dev/null
+         -c "INSERT INTO damascus.tickets (title, body) SELECT 'Waiting ' || g, 'b' FROM generate_series(1, ${depth%+busy}) g" >/dev/null
+  if [ "$depth" != "${depth%+busy}" ]; then
+    psql_b -c "UPDATE damascus.tickets SET not_before = now() + interval '1 hour', llm_errors = 1 WHERE id <= 100000" \
+           -c "UPDATE damascus.tickets SET claimed_at = now(), claimed_by = 'live', claim_token = nextval('damascus.claim_tokens') WHERE id > 100000 AND id <= 101000" >/dev/null
+  fi
+  psql_b -c "VACUUM ANALYZE damascus.tickets" >/dev/null
   rm -f "$DIR"/pgbench_log.*
   (cd "$DIR" && as_pg "$PG_BIN/pgbench" -n -h "$DIR" -p "$PORT" -U postgres -t 300 -f "$DIR/claim.sql" -l bench >/dev/null 2>&1)
   read -r p50 p99 < <(awk '{print $3}' "$DIR"/pgbench_log.* | sort -n | awk '{a[NR] = $1} END {printf "%.3f %.3f\n", a[int(NR * 0.5)] / 1000, a[int(NR * 0.99)] / 1000}')

@@ -50,8 +50,17 @@ COMMENT ON COLUMN damascus.tickets.updated_at IS 'When a cycle last changed the 
 COMMENT ON COLUMN damascus.tickets.rejections IS 'Rejections (verdict rejected, by a review or an approval) since submission or the last retry';
 COMMENT ON COLUMN damascus.tickets.feedback IS 'Reasons of the latest rejection, offered to the next prompt as {{feedback}}';
 
-CREATE INDEX tickets_claim_order ON damascus.tickets (state, priority DESC, created_at, id);
-COMMENT ON INDEX damascus.tickets_claim_order IS 'Serves the claim query: state filter, then priority and age';
+-- The claim reads three short ranges per phase, so tickets that are claimed or backing off are never scanned
+-- past one by one, however many there are.
+CREATE INDEX tickets_claim_ready ON damascus.tickets (state, priority DESC, created_at, id)
+    WHERE claimed_at IS NULL AND not_before IS NULL;
+COMMENT ON INDEX damascus.tickets_claim_ready IS 'Claim: unclaimed tickets with no backoff, by state, then priority and age';
+CREATE INDEX tickets_claim_delayed ON damascus.tickets (state, not_before)
+    WHERE claimed_at IS NULL AND not_before IS NOT NULL;
+COMMENT ON INDEX damascus.tickets_claim_delayed IS 'Claim: unclaimed tickets in backoff, by state and the time their backoff ends';
+CREATE INDEX tickets_claim_held ON damascus.tickets (state, claimed_at)
+    WHERE claimed_at IS NOT NULL;
+COMMENT ON INDEX damascus.tickets_claim_held IS 'Claim: claimed tickets by state and claim time, to find claims gone stale';
 
 CREATE TABLE damascus.cycles (
     id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

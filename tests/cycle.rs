@@ -248,6 +248,56 @@ fn transport_failures_are_llm_error_and_cost_no_attempt() {
     }
 }
 
+/// The claim finds each kind of claimable ticket in its own range: ready tickets behind ones that are backing
+/// off or claimed are found, a ticket still backing off and a live claim are left alone, and a ticket whose
+/// backoff has ended is claimed again.
+#[test]
+fn backing_off_and_claimed_tickets_neither_hide_ready_ones_nor_get_claimed() {
+    let _g = setup();
+    fresh(Behavior::Good);
+    let mut c = client();
+    let backing_off = submit(&mut c, "Backing off", "body");
+    let held = submit(&mut c, "Held by someone", "body");
+    let ready = submit(&mut c, "Ready", "body");
+    c.execute(
+        "UPDATE damascus.tickets SET not_before = now() + interval '1 hour', llm_errors = 1 WHERE id = $1",
+        &[&backing_off],
+    )
+    .unwrap();
+    c.execute(
+        "UPDATE damascus.tickets SET claimed_at = now(), claimed_by = 'someone',
+                claim_token = nextval('damascus.claim_tokens') WHERE id = $1",
+        &[&held],
+    )
+    .unwrap();
+    let claimed: Vec<(i64, String)> = std::iter::from_fn(|| tick(&mut c))
+        .map(|r| (r.ticket_id, r.phase))
+        .collect();
+    assert_eq!(
+        claimed,
+        [
+            (ready, "refine_spec".to_string()),
+            (ready, "implement".to_string()),
+            (ready, "review".to_string())
+        ],
+        "only the ready ticket, through all three phases"
+    );
+    c.execute(
+        "UPDATE damascus.tickets SET not_before = now() - interval '1 second' WHERE id = $1",
+        &[&backing_off],
+    )
+    .unwrap();
+    let row = tick(&mut c).expect("the ticket whose backoff ended is claimable");
+    assert_eq!(
+        (row.ticket_id, row.verdict.as_str()),
+        (backing_off, "spec_ok")
+    );
+    assert!(
+        ticket(&mut c, held).claimed,
+        "the live claim was left alone"
+    );
+}
+
 #[test]
 fn connection_refused_and_timeout_are_llm_error() {
     let _g = setup();

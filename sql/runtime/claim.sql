@@ -1,7 +1,12 @@
 -- Claim transaction: take the best claimable tickets (at most $3) among the states the enabled llm phases claim,
--- and stamp each with a fresh fencing token. One index scan per phase (tickets_claim_order) that stops after its
--- first $3 claimable tickets, then the best of those few: no sort of the waiting tickets, whatever the queue
--- depth. A worker with room for several calls claims them in one transaction; a tick claims one.
+-- and stamp each with a fresh fencing token.
+-- Per phase, three short index scans, each of which stops after $3 claimable tickets whatever the table holds:
+--   ready tickets (never claimed, no backoff) in priority order (tickets_claim_ready);
+--   tickets whose backoff has ended, earliest first (tickets_claim_delayed: tickets still backing off are
+--   past the range, not filtered one by one);
+--   claims gone stale, oldest first (tickets_claim_held: live claims are past the range).
+-- Then the best $3 of those few by priority and age: no sort of the waiting tickets, and no scan over
+-- tickets that are claimed or backing off, however many there are.
 -- $1 integer stale-claim window in minutes (a value, never spliced into the text), $2 text worker name,
 -- $3 integer how many tickets at most.
 -- Lock order: the target table (tickets) is named before the subquery that reads damascus.phases, so a
@@ -15,14 +20,32 @@ FROM (
     SELECT c.id, p.name AS phase
     FROM damascus.phases AS p
     CROSS JOIN LATERAL (
-        SELECT w.id, w.priority, w.created_at
-        FROM damascus.tickets AS w
-        WHERE w.state = p.from_state
-          AND (w.claimed_at IS NULL OR w.claimed_at < now() - make_interval(mins => $1))
-          AND (w.not_before IS NULL OR w.not_before <= now())
-        ORDER BY w.priority DESC, w.created_at, w.id
-        LIMIT $3
-        FOR UPDATE OF w SKIP LOCKED
+        SELECT * FROM (
+            SELECT w.id, w.priority, w.created_at
+            FROM damascus.tickets AS w
+            WHERE w.state = p.from_state AND w.claimed_at IS NULL AND w.not_before IS NULL
+            ORDER BY w.priority DESC, w.created_at, w.id
+            LIMIT $3
+            FOR UPDATE OF w SKIP LOCKED
+        ) AS ready
+        UNION ALL
+        SELECT * FROM (
+            SELECT w.id, w.priority, w.created_at
+            FROM damascus.tickets AS w
+            WHERE w.state = p.from_state AND w.claimed_at IS NULL AND w.not_before <= now()
+            ORDER BY w.not_before
+            LIMIT $3
+            FOR UPDATE OF w SKIP LOCKED
+        ) AS due
+        UNION ALL
+        SELECT * FROM (
+            SELECT w.id, w.priority, w.created_at
+            FROM damascus.tickets AS w
+            WHERE w.state = p.from_state AND w.claimed_at < now() - make_interval(mins => $1)
+            ORDER BY w.claimed_at
+            LIMIT $3
+            FOR UPDATE OF w SKIP LOCKED
+        ) AS stale
     ) AS c
     WHERE p.enabled AND p.kind = 'llm'
     ORDER BY c.priority DESC, c.created_at, c.id

@@ -11,6 +11,8 @@
 #   CLAIM<TAB>waiting<TAB>p50_ms<TAB>p99_ms
 #   TICK<TAB>idle_ms<TAB>one_cycle_ms
 #   RSS<TAB>what<TAB>VmRSS kB<TAB>RssAnon kB
+#   PROFILE<TAB>process name<TAB>binary<TAB>percent of all samples          (when perf is installed)
+#   PROFSYM<TAB>percent with callees<TAB>percent self<TAB>function         (the cluster's processes)
 # Everything it starts is stopped on exit.
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -152,6 +154,26 @@ busy="$(as_pg "$PG_BIN/pgbench" -n -h "$DIR" -p "$PORT" -U postgres -t 200 -f "$
 log "damascus_tick(): ${idle} ms with nothing to claim, ${busy} ms for a full cycle"
 printf 'TICK\t%s\t%s\n' "$idle" "$busy"
 stop_pg
+
+# Where the time goes at 1 worker x 8 in flight: a system-wide cpu-clock profile (perf, from Debian's
+# linux-perf) of one more drain, whose speed is not reported (the profiler slows it down).
+if command -v perf >/dev/null 2>&1; then
+  perf record -e cpu-clock -F 999 -a -g -o "$DIR/perf.data" >/dev/null 2>&1 &
+  PERF_PID=$!
+  sleep 1
+  drain 1 8 0 "" "$N" >/dev/null
+  kill -INT "$PERF_PID" 2>/dev/null || true
+  wait "$PERF_PID" 2>/dev/null || true
+  # Share of all samples per process name and binary; postgres = the cluster's processes (the worker, the
+  # driver's backend, walwriter...), damascus-llm = the worker's HTTP threads.
+  perf report -i "$DIR/perf.data" --no-children --sort comm,dso --stdio -g none > "$DIR/perf.comm" 2>/dev/null || true
+  awk '$1 ~ /%$/ && $1 + 0 >= 0.5 && n++ < 20 {printf "PROFILE\t%s\t%s\t%s\n", $2, $3, $1 + 0}' "$DIR/perf.comm"
+  # The hottest functions of the cluster's processes and the HTTP threads, with the calls beneath them.
+  perf report -i "$DIR/perf.data" --children --comms postgres,damascus-llm --sort sym --stdio -g none > "$DIR/perf.sym" 2>/dev/null || true
+  awk '$1 ~ /%$/ && $2 ~ /%$/ && $NF !~ /^0x/ && n++ < 60 {c = $1 + 0; s = $2 + 0; $1 = ""; $2 = ""; $3 = ""; sub(/^ +/, ""); printf "PROFSYM\t%s\t%s\t%s\n", c, s, $0}' "$DIR/perf.sym"
+else
+  log "perf not found (Debian's linux-perf): no profile"
+fi
 fi
 
 # Worker memory: idle, with 64 calls in flight, after 10,000 and 20,000 cycles.

@@ -23,6 +23,7 @@ def main():
     ap.add_argument("--damascus", required=True)
     ap.add_argument("--n", required=True)
     ap.add_argument("--machine", required=True)
+    ap.add_argument("--analysis", help="hand-written reading of the profile, appended as is")
     a = ap.parse_args()
 
     drains = []
@@ -124,6 +125,30 @@ def main():
     for what in rss:
         p(f"| {what} | {rss[what] / 1024:.1f} | {anon[what] / 1024:.1f} |")
     p("")
+    profile = rows(a.damascus, "PROFILE")
+    if profile:
+        p("## Where the time goes: 1 worker x 8 in flight, profiled")
+        p("")
+        p("`perf record -e cpu-clock -a -g` during one more drain of N items (its speed is not reported). Share of")
+        p("all samples by process name and binary (postgres: the cluster's processes, the worker and the driver's")
+        p("backend included; damascus-llm: the worker's HTTP threads):")
+        p("")
+        p("| process | binary | % of samples |")
+        p("|---|---|---|")
+        for comm, dso, pct in profile:
+            p(f"| {comm} | {dso} | {float(pct):.1f} |")
+        p("")
+        p("Hottest functions of the cluster's processes and the HTTP threads (% of their samples, with callees / self):")
+        p("")
+        p("| with callees % | self % | function |")
+        p("|---|---|---|")
+        for children, self_, sym in rows(a.damascus, "PROFSYM"):
+            p(f"| {float(children):.1f} | {float(self_):.1f} | `{sym.replace('|', '/')}` |")
+        p("")
+    if a.analysis:
+        with open(a.analysis) as f:
+            p(f.read().rstrip())
+        p("")
     p("## Raw lines")
     p("")
     p("```")

@@ -35,7 +35,7 @@ bench/damascus.sh "$N" | tee "$TMP/damascus.tsv" >&2
 
 step "writing $OUT"
 bench/peers/.venv/bin/python bench/report.py --core "$TMP/core.txt" --peers "$TMP/peers.tsv" \
-  --damascus "$TMP/damascus.tsv" --n "$N" \
+  --damascus "$TMP/damascus.tsv" --n "$N" --analysis bench/analysis.md \
   --machine "$(nproc) cores, $(free -g | awk '/^Mem/ {print $2}') GB, $(uname -m), PostgreSQL $("$PG_CONFIG" --version | awk '{print $2}')" > "$OUT"
 cat "$OUT"
 rm -rf "$TMP"

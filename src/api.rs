@@ -18,9 +18,17 @@ fn damascus_submit(
     let Some(title) = title else {
         DamascusError::NullArgument { name: "title" }.report()
     };
-    let t = ticket::validate_submission(title, body.unwrap_or(""), priority.unwrap_or(0))
-        .map_err(DamascusError::from)
-        .or_raise();
+    let Some(body) = body else {
+        DamascusError::NullArgument { name: "body" }.report()
+    };
+    let t = ticket::validate_submission(
+        title,
+        body,
+        priority.unwrap_or(0),
+        crate::guc::max_body_bytes(),
+    )
+    .map_err(DamascusError::from)
+    .or_raise();
     crate::store::insert_ticket(&t).or_raise()
 }
 

@@ -83,13 +83,44 @@ fn describe(payload: Box<dyn std::any::Any + Send>) -> String {
     "unknown panic".to_string()
 }
 
-/// Runs `body` in its own committed transaction. An ERROR aborts that transaction and comes back as
-/// `Err(message)` instead of killing the process.
+/// timeout.h, which pgrx does not bind: arms the statement timeout that Postgres arms only for statements
+/// from a client. `TimeoutId` is a C enum; STATEMENT_TIMEOUT is its fourth value in PostgreSQL 15.
+mod timeout {
+    use std::ffi::c_int;
+
+    pub const STATEMENT_TIMEOUT: c_int = 3;
+
+    // SAFETY: the declarations match timeout.h of PostgreSQL 15 (a C enum is an int); the functions raise no
+    // ERROR for a timeout InitPostgres registered, so no longjmp crosses these calls.
+    unsafe extern "C-unwind" {
+        pub fn enable_timeout_after(id: c_int, delay_ms: c_int);
+        pub fn disable_timeout(id: c_int, keep_indicator: bool);
+        pub fn get_timeout_indicator(id: c_int, reset_indicator: bool) -> bool;
+    }
+}
+
+/// Runs `body` in its own committed transaction, under `damascus.statement_timeout`. An ERROR (the timeout's
+/// included) aborts that transaction and comes back as `Err(message)` instead of killing the process.
 pub fn transaction<R>(body: impl FnOnce() -> R) -> Result<R, String> {
     let body = AssertUnwindSafe(body);
-    match std::panic::catch_unwind(AssertUnwindSafe(|| {
+    // SAFETY: main thread of a backend whose timeouts were initialised by InitPostgres; the timeout's handler
+    // only raises flags that CHECK_FOR_INTERRUPTS turns into an ERROR inside this transaction, and it is
+    // disarmed below on every path, before any wait on the latch.
+    unsafe {
+        timeout::enable_timeout_after(timeout::STATEMENT_TIMEOUT, guc::statement_timeout_ms())
+    };
+    let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
         BackgroundWorker::transaction(AssertUnwindSafe(|| (body.0)()))
-    })) {
+    }));
+    // SAFETY: as above. A timeout that fired after the transaction's last check must not be taken for a
+    // pg_cancel_backend by the worker's wait, so its pending cancel is dropped with the indicator.
+    unsafe {
+        timeout::disable_timeout(timeout::STATEMENT_TIMEOUT, false);
+        if timeout::get_timeout_indicator(timeout::STATEMENT_TIMEOUT, true) {
+            pg_sys::QueryCancelPending = 0;
+        }
+    }
+    match result {
         Ok(r) => Ok(r),
         Err(payload) => {
             // SAFETY: main thread, after the ERROR was caught; this is how a worker's own loop recovers.
@@ -136,6 +167,10 @@ fn set_setting(name: &std::ffi::CStr, value: &std::ffi::CStr, action: pg_sys::Gu
 
 /// Session settings of every worker (static or behind a tick), set once after it connects.
 ///
+/// `search_path` is pinned (every statement names its objects with their schema), so a search_path set on the
+/// database or role, or an object planted in a schema on it, never runs with the worker's privileges.
+/// `plan_cache_mode` keeps each kept statement's first plan, so nothing is planned again per cycle: every
+/// statement finds its rows by primary key or through the claim indexes, whatever its parameters.
 /// `deadlock_timeout` is far below the 1 s a user session has, so in a deadlock with a user's statement (for
 /// one, `DROP EXTENSION damascus` while a worker claims) the worker detects it first and is the one rolled
 /// back (a failed claim is tried again later; a failed verdict is recorded as an error), and the user's
@@ -143,11 +178,29 @@ fn set_setting(name: &std::ffi::CStr, value: &std::ffi::CStr, action: pg_sys::Gu
 pub fn prepare_session() -> Result<(), String> {
     transaction(|| {
         set_setting(
+            c"search_path",
+            c"pg_catalog, pg_temp",
+            pg_sys::GucAction::GUC_ACTION_SET,
+        );
+        set_setting(
             c"deadlock_timeout",
             c"100ms",
             pg_sys::GucAction::GUC_ACTION_SET,
         );
-    })
+        set_setting(
+            c"plan_cache_mode",
+            c"force_generic_plan",
+            pg_sys::GucAction::GUC_ACTION_SET,
+        );
+    })?;
+    apply_lock_timeout()
+}
+
+/// Makes the session's `lock_timeout` `damascus.lock_timeout`; again after every reload.
+pub fn apply_lock_timeout() -> Result<(), String> {
+    let ms = std::ffi::CString::new(format!("{}ms", guc::lock_timeout_ms()))
+        .map_err(|e| e.to_string())?;
+    transaction(|| set_setting(c"lock_timeout", &ms, pg_sys::GucAction::GUC_ACTION_SET))
 }
 
 fn record_error(

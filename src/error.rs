@@ -40,6 +40,8 @@ pub enum DamascusError {
     SchemaOutdated { installed: String },
     /// The extension is not created in this database.
     ExtensionMissing,
+    /// A tick on a server in recovery (a hot standby), which cannot write.
+    InRecovery,
 }
 
 /// The version of the SQL objects this library expects.
@@ -49,7 +51,7 @@ impl From<SubmitError> for DamascusError {
     fn from(e: SubmitError) -> Self {
         DamascusError::InvalidArgument {
             message: format!("invalid ticket: {e}"),
-            detail: "damascus_submit(title, body, priority) needs a non-blank title; title and body have size limits."
+            detail: "damascus_submit(title, body, priority) needs a non-blank title and body; the title may have 500 characters, the body damascus.max_body_bytes bytes."
                 .into(),
         }
     }
@@ -77,6 +79,7 @@ impl DamascusError {
                 PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
             }
             DamascusError::ExtensionMissing => PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+            DamascusError::InRecovery => PgSqlErrorCode::ERRCODE_READ_ONLY_SQL_TRANSACTION,
         }
     }
 
@@ -106,6 +109,7 @@ impl DamascusError {
             DamascusError::ExtensionMissing => {
                 "damascus: the extension is not created in this database".into()
             }
+            DamascusError::InRecovery => "damascus_tick() cannot run on a hot standby".into(),
         }
     }
 
@@ -127,6 +131,9 @@ impl DamascusError {
             } => Some(format!(
                 "Every one of max_worker_processes ({max_worker_processes}) background worker slots is in use."
             )),
+            DamascusError::InRecovery => Some(
+                "This server is in recovery; a cycle writes its claim, phase and verdict.".into(),
+            ),
             DamascusError::PostmasterDied
             | DamascusError::NullArgument { .. }
             | DamascusError::UnknownTicket { .. }
@@ -148,6 +155,7 @@ impl DamascusError {
                 Some("Run ALTER EXTENSION damascus UPDATE in this database.".into())
             }
             DamascusError::ExtensionMissing => Some("Run CREATE EXTENSION damascus.".into()),
+            DamascusError::InRecovery => Some("Run damascus_tick() on the primary.".into()),
             _ => None,
         }
     }

@@ -49,6 +49,15 @@ pub static LLM_API_KEY: GucSetting<Option<CString>> = GucSetting::<Option<CStrin
 /// Seconds one LLM call may take, connect to last byte, when its phase sets no timeout_s.
 pub static LLM_TIMEOUT_S: GucSetting<i32> = GucSetting::<i32>::new(300);
 
+/// Largest ticket body `damascus_submit` accepts, in bytes.
+pub static MAX_BODY_BYTES: GucSetting<i32> = GucSetting::<i32>::new(1024 * 1024);
+
+/// How long a worker statement waits for a lock before it fails (ms).
+pub static LOCK_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(5000);
+
+/// How long one worker transaction (claim, phase, verdict, heartbeat) may run before it is cancelled (ms).
+pub static STATEMENT_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(60_000);
+
 /// Registers the settings; called from `_PG_init` in every process that loads the library.
 pub fn init() {
     GucRegistry::define_string_guc(
@@ -141,6 +150,36 @@ pub fn init() {
         GucContext::Sighup,
         GucFlags::UNIT_S,
     );
+    GucRegistry::define_int_guc(
+        c"damascus.max_body_bytes",
+        c"Largest ticket body damascus_submit accepts.",
+        c"A longer body is refused with SQLSTATE 22023 and nothing is written.",
+        &MAX_BODY_BYTES,
+        1,
+        i32::MAX,
+        GucContext::Suset,
+        GucFlags::UNIT_BYTE,
+    );
+    GucRegistry::define_int_guc(
+        c"damascus.lock_timeout",
+        c"How long a damascus worker statement waits for a lock before it fails.",
+        c"A worker never waits on a lock for longer (a ticket locked by someone else is skipped by the claim).",
+        &LOCK_TIMEOUT_MS,
+        1,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"damascus.statement_timeout",
+        c"How long one damascus worker transaction may run before it is cancelled.",
+        c"Applies to each claim, phase, verdict and heartbeat transaction, never to the LLM call.",
+        &STATEMENT_TIMEOUT_MS,
+        1,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
     // SAFETY: called from _PG_init on the main thread, with a static NUL-terminated prefix.
     unsafe { pgrx::pg_sys::MarkGUCPrefixReserved(c"damascus".as_ptr()) };
 }
@@ -182,6 +221,21 @@ pub fn snapshot() -> Snapshot {
             timeout: std::time::Duration::from_secs(LLM_TIMEOUT_S.get().max(1) as u64),
         },
     }
+}
+
+/// Largest body `damascus_submit` accepts, in bytes.
+pub fn max_body_bytes() -> usize {
+    usize::try_from(MAX_BODY_BYTES.get()).unwrap_or(0)
+}
+
+/// `damascus.lock_timeout` in milliseconds.
+pub fn lock_timeout_ms() -> i32 {
+    LOCK_TIMEOUT_MS.get()
+}
+
+/// `damascus.statement_timeout` in milliseconds.
+pub fn statement_timeout_ms() -> i32 {
+    STATEMENT_TIMEOUT_MS.get()
 }
 
 /// Name of the database the static workers serve.

@@ -18,6 +18,7 @@ pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     guc::init();
+    // SAFETY: a plain read of a postmaster flag on the main thread during library load.
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         worker::register_static_workers();
     }

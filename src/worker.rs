@@ -52,6 +52,8 @@ fn report_activity(what: &str) {
 
 /// Sleeps on the latch for at most `timeout` and says whether to go on, cancel the cycle, or stop.
 pub fn wait(timeout: Duration) -> Wake {
+    // SAFETY: main thread; MyLatch is this process's own latch, set by signal handlers and the HTTP threads'
+    // SIGUSR1.
     let rc = unsafe {
         let rc = pg_sys::WaitLatch(
             pg_sys::MyLatch,
@@ -64,6 +66,7 @@ pub fn wait(timeout: Duration) -> Wake {
     };
     if rc & pg_sys::WL_POSTMASTER_DEATH as i32 != 0 {
         // Nothing we hold is worth keeping without a postmaster; exit like every other backend.
+        // SAFETY: main thread, no transaction open.
         unsafe { pg_sys::proc_exit(1) };
     }
     if BackgroundWorker::sigterm_received() {
@@ -74,6 +77,7 @@ pub fn wait(timeout: Duration) -> Wake {
     }
     // pg_cancel_backend() on a worker cancels its current cycle rather than raising an ERROR
     // outside any transaction.
+    // SAFETY: main thread; the flag is a sig_atomic_t that only signal handlers set.
     unsafe {
         if pg_sys::QueryCancelPending != 0 {
             pg_sys::QueryCancelPending = 0;
@@ -144,6 +148,9 @@ pub extern "C-unwind" fn damascus_worker_main(arg: pg_sys::Datum) {
         if BackgroundWorker::sighup_received() {
             // SAFETY: main thread, between transactions, as the postmaster's own loops do it.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+            if let Err(e) = cycle::apply_lock_timeout() {
+                warning!("{name}: {e}");
+            }
             loaded = None;
             lease = None;
         }
@@ -263,6 +270,9 @@ pub extern "C-unwind" fn damascus_worker_main(arg: pg_sys::Datum) {
     unsafe { pg_sys::proc_exit(1) };
 }
 
+/// How often a tick worker checks that its caller is still there.
+const CALLER_CHECK: Duration = Duration::from_secs(1);
+
 /// Entry point of the dynamic worker behind `damascus_tick()`: one cycle, result into shared memory.
 #[pg_guard]
 #[unsafe(no_mangle)]
@@ -277,12 +287,25 @@ pub extern "C-unwind" fn damascus_tick_main(arg: pg_sys::Datum) {
     if let Err(e) = cycle::prepare_session() {
         warning!("damascus tick: {e}");
     }
+    let caller = slot.caller_pid();
     let worker = format!(
-        "damascus tick (pid {}, for pid {})",
+        "damascus tick (pid {}, for pid {caller})",
+        // SAFETY: MyProcPid is set before any extension code runs and never changes.
         unsafe { pg_sys::MyProcPid },
-        slot.caller_pid()
     );
-    let end = cycle::run_one(&Rc::new(Context::load(worker)), &mut wait).0;
+    // The tick is tied to its caller: a caller that is terminated, or that notices its client is gone
+    // (client_connection_check_interval), exits without stopping us, so look for it at least once a second
+    // and stop the call, giving the claim back, when it is gone.
+    let mut tied_to_caller = |timeout: Duration| match wait(timeout.min(CALLER_CHECK)) {
+        // SAFETY: main thread; BackendPidGetProc takes ProcArrayLock itself and only reads the proc array.
+        Wake::Continue if unsafe { pg_sys::BackendPidGetProc(caller) }.is_null() => {
+            log!("damascus tick: its caller (pid {caller}) is gone; stopping the call");
+            Wake::Interrupt
+        }
+        w => w,
+    };
+    let end = cycle::run_one(&Rc::new(Context::load(worker)), &mut tied_to_caller).0;
+    // SAFETY: main thread, no transaction open; flushes this process's statistics before it exits.
     unsafe { pg_sys::pgstat_report_stat(true) };
     slot.finish(&end);
 }

@@ -9,6 +9,8 @@
 -- tickets that are claimed or backing off, however many there are.
 -- $1 integer stale-claim window in minutes (a value, never spliced into the text), $2 text worker name,
 -- $3 integer how many tickets at most.
+-- The chosen ids are collected into an array first, so the update finds each by primary key whatever plan
+-- the statement gets (a join to the subquery could scan the primary key from its start).
 -- Lock order: the target table (tickets) is named before the subquery that reads damascus.phases, so a
 -- statement being parsed afresh locks tickets first, as DROP EXTENSION does; phases first deadlocked with it.
 UPDATE damascus.tickets AS t
@@ -16,8 +18,8 @@ SET claimed_at  = now(),
     claimed_by  = $2,
     claim_token = nextval('damascus.claim_tokens'),
     updated_at  = now()
-FROM (
-    SELECT c.id, p.name AS phase
+WHERE t.id = ANY (ARRAY(
+    SELECT c.id
     FROM damascus.phases AS p
     CROSS JOIN LATERAL (
         SELECT * FROM (
@@ -50,6 +52,7 @@ FROM (
     WHERE p.enabled AND p.kind = 'llm'
     ORDER BY c.priority DESC, c.created_at, c.id
     LIMIT $3
-) AS candidate
-WHERE t.id = candidate.id
-RETURNING t.id, t.state, candidate.phase, t.claim_token, txid_current()
+))
+RETURNING t.id, t.state,
+    (SELECT p.name FROM damascus.phases AS p WHERE p.from_state = t.state AND p.enabled AND p.kind = 'llm'),
+    t.claim_token, txid_current()

@@ -4,15 +4,18 @@ use std::fmt;
 
 /// Longest title we accept; titles end up in prompts and log lines, so they stay short.
 pub const MAX_TITLE_CHARS: usize = 500;
-/// Longest body we accept; a body far beyond this would not fit any model's context anyway.
-pub const MAX_BODY_CHARS: usize = 100_000;
 
 /// Why a submission was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SubmitError {
     EmptyTitle,
+    EmptyBody,
     TitleTooLong(usize),
-    BodyTooLong(usize),
+    /// The body's size in bytes and the limit (`damascus.max_body_bytes`).
+    BodyTooLarge {
+        bytes: usize,
+        limit: usize,
+    },
     NulByte(&'static str),
 }
 
@@ -20,14 +23,18 @@ impl fmt::Display for SubmitError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             SubmitError::EmptyTitle => write!(f, "title is empty"),
+            SubmitError::EmptyBody => write!(f, "body is empty"),
             SubmitError::TitleTooLong(n) => {
                 write!(
                     f,
                     "title has {n} characters, the limit is {MAX_TITLE_CHARS}"
                 )
             }
-            SubmitError::BodyTooLong(n) => {
-                write!(f, "body has {n} characters, the limit is {MAX_BODY_CHARS}")
+            SubmitError::BodyTooLarge { bytes, limit } => {
+                write!(
+                    f,
+                    "body has {bytes} bytes, the limit (damascus.max_body_bytes) is {limit}"
+                )
             }
             SubmitError::NulByte(field) => write!(f, "{field} contains a NUL character"),
         }
@@ -42,15 +49,20 @@ pub struct NewTicket {
     pub priority: i32,
 }
 
-/// Checks a submission the way `damascus_submit` promises: a non-blank title, bounded sizes.
+/// Checks a submission the way `damascus_submit` promises: a non-blank title and body, a title of at most
+/// `MAX_TITLE_CHARS` characters and a body of at most `max_body_bytes` bytes.
 pub fn validate_submission(
     title: &str,
     body: &str,
     priority: i32,
+    max_body_bytes: usize,
 ) -> Result<NewTicket, SubmitError> {
     let title = title.trim();
     if title.is_empty() {
         return Err(SubmitError::EmptyTitle);
+    }
+    if body.trim().is_empty() {
+        return Err(SubmitError::EmptyBody);
     }
     if title.contains('\0') {
         return Err(SubmitError::NulByte("title"));
@@ -62,9 +74,11 @@ pub fn validate_submission(
     if title_chars > MAX_TITLE_CHARS {
         return Err(SubmitError::TitleTooLong(title_chars));
     }
-    let body_chars = body.chars().count();
-    if body_chars > MAX_BODY_CHARS {
-        return Err(SubmitError::BodyTooLong(body_chars));
+    if body.len() > max_body_bytes {
+        return Err(SubmitError::BodyTooLarge {
+            bytes: body.len(),
+            limit: max_body_bytes,
+        });
     }
     Ok(NewTicket {
         title: title.to_string(),
@@ -77,19 +91,25 @@ pub fn validate_submission(
 mod tests {
     use super::*;
 
+    const MB: usize = 1024 * 1024;
+
     #[test]
     fn trims_title_and_keeps_body() {
-        let t = validate_submission("  Add a health endpoint ", "GET /healthz", 5).unwrap();
+        let t = validate_submission("  Add a health endpoint ", "GET /healthz", 5, MB).unwrap();
         assert_eq!(t.title, "Add a health endpoint");
         assert_eq!(t.body, "GET /healthz");
         assert_eq!(t.priority, 5);
     }
 
     #[test]
-    fn refuses_blank_title() {
+    fn refuses_blank_title_or_body() {
         assert_eq!(
-            validate_submission(" \t\n", "x", 0),
+            validate_submission(" \t\n", "x", 0, MB),
             Err(SubmitError::EmptyTitle)
+        );
+        assert_eq!(
+            validate_submission("t", " \n", 0, MB),
+            Err(SubmitError::EmptyBody)
         );
     }
 
@@ -97,16 +117,18 @@ mod tests {
     fn refuses_oversized_fields() {
         let long = "x".repeat(MAX_TITLE_CHARS + 1);
         assert_eq!(
-            validate_submission(&long, "", 0),
+            validate_submission(&long, "b", 0, MB),
             Err(SubmitError::TitleTooLong(MAX_TITLE_CHARS + 1))
         );
-        let body = "é".repeat(MAX_BODY_CHARS + 1);
+        // The body limit counts bytes: 'é' is two.
+        let body = "é".repeat(50);
         assert_eq!(
-            validate_submission("t", &body, 0),
-            Err(SubmitError::BodyTooLong(MAX_BODY_CHARS + 1))
+            validate_submission("t", &body, 0, 99),
+            Err(SubmitError::BodyTooLarge {
+                bytes: 100,
+                limit: 99
+            })
         );
-        // The limit counts characters, not bytes.
-        let body = "é".repeat(MAX_BODY_CHARS);
-        assert!(validate_submission("t", &body, 0).is_ok());
+        assert!(validate_submission("t", &body, 0, 100).is_ok());
     }
 }

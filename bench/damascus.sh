@@ -178,7 +178,8 @@ fi
 
 # Worker memory: idle, with 64 calls in flight, after 10,000 and 20,000 cycles.
 start_pg 1 "${RSS_INFLIGHT:-64}"
-psql_b -c "TRUNCATE damascus.tickets, damascus.cycles RESTART IDENTITY" >/dev/null
+psql_b -c "UPDATE damascus.phases SET enabled = true WHERE name = 'refine_spec'" \
+       -c "TRUNCATE damascus.tickets, damascus.cycles RESTART IDENTITY" >/dev/null
 wpid=""; for _ in $(seq 100); do wpid="$(psql_b -c "SELECT pid FROM pg_stat_activity WHERE backend_type = 'damascus worker'")"; [ -n "$wpid" ] && break; sleep 0.1; done
 sleep 1
 # VmRSS counts the shared buffers a backend has touched, which grows with the tables it writes until

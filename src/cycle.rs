@@ -14,8 +14,12 @@ use crate::error::OrRaise;
 use crate::guc;
 use crate::store::{self, CallFacts, Claim};
 use damascus_core::lease;
-use damascus_core::llm::{CallOutcome, InFlight};
+use damascus_core::llm::{CallOutcome, CallPolicy, InFlight};
 use damascus_core::phase::{Kind, PhaseDef, TicketInput};
+
+/// Whether this process has already warned that the API key was refused.
+static WARNED_UNAUTHORIZED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
 
 /// What a wait on the latch says the cycle should do next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -343,7 +347,12 @@ fn start(ctx: &Rc<Context>, claim: Claim) -> Begun {
     let codec = ctx.settings.provider.codec();
     let request = codec.build(&cfg, &phase.prompt(&start.input));
     let prompt_sha256 = sha256_hex(request.body.as_bytes());
-    let call = InFlight::send(codec, request, cfg.timeout, true);
+    let policy = CallPolicy {
+        timeout: cfg.timeout,
+        max_retries: ctx.settings.llm_max_retries,
+        max_response_bytes: ctx.settings.llm_max_response_bytes,
+    };
+    let call = InFlight::send(codec, request, policy, true);
     Begun::Calling(Box::new(Calling {
         ctx: Rc::clone(ctx),
         phase,
@@ -380,6 +389,16 @@ impl Calling {
             ..
         } = self;
         let judgement = phase.judge(&input, &outcome.result);
+        if let Err(e) = &outcome.result
+            && e.http_status() == Some(401)
+            && !WARNED_UNAUTHORIZED.swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            // Once per process: every call fails the same way until the key is fixed.
+            warning!(
+                "damascus: the LLM API refused the API key (HTTP 401); set damascus.llm_api_key \
+                 (ALTER SYSTEM SET damascus.llm_api_key = '...'; SELECT pg_reload_conf();)"
+            );
+        }
         let (http_status, completion) = match &outcome.result {
             Ok(c) => (Some(200), Some(c)),
             Err(e) => (e.http_status().map(i32::from), None),

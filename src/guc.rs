@@ -49,6 +49,12 @@ pub static LLM_API_KEY: GucSetting<Option<CString>> = GucSetting::<Option<CStrin
 /// Seconds one LLM call may take, connect to last byte, when its phase sets no timeout_s.
 pub static LLM_TIMEOUT_S: GucSetting<i32> = GucSetting::<i32>::new(300);
 
+/// How often a call whose failure says "later" is sent again within its cycle.
+pub static LLM_MAX_RETRIES: GucSetting<i32> = GucSetting::<i32>::new(2);
+
+/// Largest LLM response body read, in bytes.
+pub static LLM_MAX_RESPONSE_BYTES: GucSetting<i32> = GucSetting::<i32>::new(8 * 1024 * 1024);
+
 /// Largest ticket body `damascus_submit` accepts, in bytes.
 pub static MAX_BODY_BYTES: GucSetting<i32> = GucSetting::<i32>::new(1024 * 1024);
 
@@ -151,6 +157,26 @@ pub fn init() {
         GucFlags::UNIT_S,
     );
     GucRegistry::define_int_guc(
+        c"damascus.llm_max_retries",
+        c"How often an LLM call that failed with no answer, 408, 409, 425, 429 or 5xx is tried again within its cycle.",
+        c"Waits grow from 250 ms with jitter and honour retry-after, all within the call's timeout; then the cycle is llm_error.",
+        &LLM_MAX_RETRIES,
+        0,
+        10,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"damascus.llm_max_response_bytes",
+        c"Largest LLM response body read; a larger one is llm_bad_response and the rest is not read.",
+        c"",
+        &LLM_MAX_RESPONSE_BYTES,
+        1024,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_BYTE,
+    );
+    GucRegistry::define_int_guc(
         c"damascus.max_body_bytes",
         c"Largest ticket body damascus_submit accepts.",
         c"A longer body is refused with SQLSTATE 22023 and nothing is written.",
@@ -199,6 +225,8 @@ pub struct Snapshot {
     pub stale_claim_minutes: i32,
     pub provider: Provider,
     pub llm: damascus_core::wire::LlmConfig,
+    pub llm_max_retries: u32,
+    pub llm_max_response_bytes: u64,
 }
 
 /// Reads every runtime setting once; the API key falls back to the server's environment.
@@ -220,6 +248,8 @@ pub fn snapshot() -> Snapshot {
             api_key,
             timeout: std::time::Duration::from_secs(LLM_TIMEOUT_S.get().max(1) as u64),
         },
+        llm_max_retries: u32::try_from(LLM_MAX_RETRIES.get()).unwrap_or(0),
+        llm_max_response_bytes: u64::try_from(LLM_MAX_RESPONSE_BYTES.get()).unwrap_or(1024),
     }
 }
 

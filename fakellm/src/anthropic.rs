@@ -108,6 +108,34 @@ pub(crate) fn success_body(id: u64, request: &ChatRequest, answer: &Answer) -> V
     })
 }
 
+/// For a body whose text is sent apart from it, so its usage still counts that text.
+pub(crate) fn set_output_tokens(body: &mut Value, tokens: u64) {
+    body["usage"]["output_tokens"] = json!(tokens);
+}
+
+fn no_text() -> Answer {
+    Answer {
+        text: String::new(),
+        truncated: false,
+    }
+}
+
+/// A message with no content blocks, as the real API sends when the model stops at once.
+pub(crate) fn empty_body(id: u64, request: &ChatRequest) -> Value {
+    let mut body = success_body(id, request, &no_text());
+    body["content"] = json!([]);
+    body
+}
+
+/// A message whose only block is a tool call, which a client that offered no tools cannot use.
+pub(crate) fn tool_use_body(id: u64, request: &ChatRequest) -> Value {
+    let mut body = success_body(id, request, &no_text());
+    body["content"] =
+        json!([{"type": "tool_use", "id": "toolu_fake", "name": "noop", "input": {}}]);
+    body["stop_reason"] = json!("tool_use");
+    body
+}
+
 /// The error `type` the real API pairs with each status.
 pub(crate) fn error_type(status: u16) -> &'static str {
     match status {
@@ -206,6 +234,19 @@ mod tests {
             error_body(529, "busy"),
             json!({"type": "error", "error": {"type": "overloaded_error", "message": "busy"}})
         );
+    }
+
+    #[test]
+    fn textless_messages_keep_the_envelope() {
+        let req = parse_request(&valid()).unwrap();
+        let empty = empty_body(1, &req);
+        assert_eq!(empty["type"], "message");
+        assert_eq!(empty["content"], json!([]));
+        assert_eq!(empty["stop_reason"], "end_turn");
+        let odd = tool_use_body(2, &req);
+        assert_eq!(odd["content"][0]["type"], "tool_use");
+        assert_eq!(odd["content"].as_array().unwrap().len(), 1);
+        assert_eq!(odd["stop_reason"], "tool_use");
     }
 
     #[test]

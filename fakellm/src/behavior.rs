@@ -39,12 +39,32 @@ pub enum Behavior {
     Hang,
     /// Read the request, then close the connection without a byte of answer.
     Reset,
+    /// The first `times` requests with the same last user message text get `status` and the
+    /// request format's error body; later ones with that text answer like `Good`.
+    Flaky { status: u16, times: u32 },
+    /// 200 whose content text is this many MiB (1-200), streamed, so a client's size cap is hit
+    /// with the connection still delivering.
+    Huge(u32),
+    /// 200 with a JSON content type and a message envelope whose text holds bytes that are not
+    /// UTF-8.
+    NotUtf8,
+    /// 200 with a valid message envelope carrying no text.
+    EmptyContent,
+    /// 200 with a valid message envelope whose only content is a tool call, not text.
+    OddBlock,
+    /// Send the head of a 200 and the start of its body, then one byte every 200 ms until the
+    /// client gives up or the server shuts down.
+    Endless,
 }
+
+/// Bounds for `huge=`: at least one MiB, and at most what a test can afford to send.
+const HUGE_MAX_MIB: u32 = 200;
 
 /// Shown in parse errors so a typo in a flag or marker is fixable without reading the source.
 const SPELLINGS: &str = "good, truncated, missing=<Section Name>, empty=<Section Name>, fenced, \
-                         reject, no-diff, slow=<millis>, status=<code>, garbage, wrong-shape, \
-                         hang, reset";
+                         reject, no-diff, slow=<millis>, status=<code>, flaky=<code>:<n>, \
+                         garbage, wrong-shape, huge=<MiB>, not-utf8, empty-content, odd-block, \
+                         hang, endless, reset";
 
 /// A marker in prompt text looks like `[fakellm:truncated]`.
 pub(crate) const MARKER_OPEN: &str = "[fakellm:";
@@ -67,6 +87,10 @@ impl Behavior {
             ("wrong-shape", None) => Behavior::WrongShape,
             ("hang", None) => Behavior::Hang,
             ("reset", None) => Behavior::Reset,
+            ("not-utf8", None) => Behavior::NotUtf8,
+            ("empty-content", None) => Behavior::EmptyContent,
+            ("odd-block", None) => Behavior::OddBlock,
+            ("endless", None) => Behavior::Endless,
             ("missing", Some(name)) => Behavior::MissingSection(section_arg(name)?),
             ("empty", Some(name)) => Behavior::EmptySection(section_arg(name)?),
             ("slow", Some(ms)) => {
@@ -75,24 +99,39 @@ impl Behavior {
                 })?;
                 Behavior::Slow(Duration::from_millis(ms))
             }
-            ("status", Some(code)) => {
-                let code = code
-                    .parse::<u16>()
+            ("status", Some(code)) => Behavior::Status(error_status("status=<code>", code)?),
+            ("flaky", Some(arg)) => {
+                let usage = "flaky=<code>:<n>";
+                let (code, times) = arg.split_once(':').ok_or_else(|| {
+                    format!("{usage} needs a status and a count, like flaky=429:2; got {arg:?}")
+                })?;
+                let status = error_status(usage, code.trim())?;
+                let times = times
+                    .trim()
+                    .parse::<u32>()
                     .ok()
-                    .filter(|c| (400..=599).contains(c))
+                    .filter(|n| *n >= 1)
+                    .ok_or_else(|| format!("{usage} needs a count of at least 1, got {times:?}"))?;
+                Behavior::Flaky { status, times }
+            }
+            ("huge", Some(mib)) => {
+                let mib = mib
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|n| (1..=HUGE_MAX_MIB).contains(n))
                     .ok_or_else(|| {
-                        format!("status=<code> needs an HTTP error status 400-599, got {code:?}")
+                        format!("huge=<MiB> needs a whole number 1-{HUGE_MAX_MIB}, got {mib:?}")
                     })?;
-                Behavior::Status(code)
+                Behavior::Huge(mib)
             }
             (
                 "good" | "truncated" | "fenced" | "reject" | "no-diff" | "garbage" | "wrong-shape"
-                | "hang" | "reset",
+                | "hang" | "reset" | "not-utf8" | "empty-content" | "odd-block" | "endless",
                 Some(_),
             ) => {
                 return Err(format!("behavior {key:?} takes no argument"));
             }
-            ("missing" | "empty" | "slow" | "status", None) => {
+            ("missing" | "empty" | "slow" | "status" | "flaky" | "huge", None) => {
                 return Err(format!("behavior {key:?} needs an argument: {key}=..."));
             }
             _ => {
@@ -103,6 +142,14 @@ impl Behavior {
         };
         Ok(behavior)
     }
+}
+
+/// An HTTP error status for `what`; a 2xx or 3xx would not be a failure to simulate.
+fn error_status(what: &str, code: &str) -> Result<u16, String> {
+    code.parse::<u16>()
+        .ok()
+        .filter(|c| (400..=599).contains(c))
+        .ok_or_else(|| format!("{what} needs an HTTP error status 400-599, got {code:?}"))
 }
 
 /// Section names are matched loosely but stored canonically, so `Display` round-trips and
@@ -132,6 +179,12 @@ impl fmt::Display for Behavior {
             Behavior::WrongShape => f.write_str("wrong-shape"),
             Behavior::Hang => f.write_str("hang"),
             Behavior::Reset => f.write_str("reset"),
+            Behavior::Flaky { status, times } => write!(f, "flaky={status}:{times}"),
+            Behavior::Huge(mib) => write!(f, "huge={mib}"),
+            Behavior::NotUtf8 => f.write_str("not-utf8"),
+            Behavior::EmptyContent => f.write_str("empty-content"),
+            Behavior::OddBlock => f.write_str("odd-block"),
+            Behavior::Endless => f.write_str("endless"),
         }
     }
 }
@@ -183,6 +236,14 @@ mod tests {
             "wrong-shape",
             "hang",
             "reset",
+            "flaky=429:2",
+            "flaky=503:1",
+            "huge=1",
+            "huge=200",
+            "not-utf8",
+            "empty-content",
+            "odd-block",
+            "endless",
         ] {
             let b = Behavior::parse(s).unwrap();
             assert_eq!(b.to_string(), s);
@@ -203,6 +264,26 @@ mod tests {
         assert_eq!(
             Behavior::parse("status=529").unwrap(),
             Behavior::Status(529)
+        );
+        assert_eq!(
+            Behavior::parse("flaky= 529 : 3").unwrap(),
+            Behavior::Flaky {
+                status: 529,
+                times: 3
+            }
+        );
+        assert_eq!(Behavior::parse("huge=9").unwrap(), Behavior::Huge(9));
+        assert_eq!(Behavior::parse("not-utf8").unwrap(), Behavior::NotUtf8);
+        assert_eq!(
+            Behavior::parse("empty-content").unwrap(),
+            Behavior::EmptyContent
+        );
+        assert_eq!(Behavior::parse("odd-block").unwrap(), Behavior::OddBlock);
+        assert_eq!(Behavior::parse("endless").unwrap(), Behavior::Endless);
+        assert!(
+            Behavior::parse("nope")
+                .unwrap_err()
+                .contains("flaky=<code>:<n>")
         );
         assert_eq!(Behavior::parse(" reject ").unwrap(), Behavior::Reject);
         assert_eq!(Behavior::parse("no-diff").unwrap(), Behavior::NoDiff);
@@ -232,6 +313,23 @@ mod tests {
             "no_diff",
             "nodiff",
             "Reject",
+            "flaky",
+            "flaky=429",
+            "flaky=429:",
+            "flaky=429:0",
+            "flaky=200:2",
+            "flaky=abc:2",
+            "flaky=429:-1",
+            "flaky=429:2:3",
+            "huge",
+            "huge=0",
+            "huge=201",
+            "huge=1.5",
+            "not_utf8",
+            "not-utf8=1",
+            "empty-content=1",
+            "odd-block=x",
+            "endless=5",
         ] {
             assert!(Behavior::parse(s).is_err(), "{s:?} should be rejected");
         }

@@ -206,12 +206,13 @@ pub(crate) fn read_body(stream: &mut TcpStream, head: &Head) -> Result<Vec<u8>, 
     Ok(body)
 }
 
-/// One complete response; `connection` and `content-length` are always added.
+/// One complete response; `connection` and `content-length` are always added. The body is bytes,
+/// not text, because some simulated failures are precisely bodies that are not UTF-8.
 #[derive(Debug, Clone)]
 pub(crate) struct Response {
     pub status: u16,
     pub headers: Vec<(&'static str, String)>,
-    pub body: String,
+    pub body: Vec<u8>,
 }
 
 fn reason(status: u16) -> &'static str {
@@ -237,13 +238,9 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-/// Writes the whole response in one buffer so it leaves in as few segments as possible; `keep_alive` says
-/// whether the connection stays open for another request.
-pub(crate) fn write_response(
-    stream: &mut impl Write,
-    resp: &Response,
-    keep_alive: bool,
-) -> io::Result<()> {
+/// The status line and headers of `resp`, declaring `content_length` rather than the length of
+/// `resp.body`, so a body written piecewise (or never finished) can be announced up front.
+pub(crate) fn head_bytes(resp: &Response, content_length: u64, keep_alive: bool) -> Vec<u8> {
     let mut out = format!("HTTP/1.1 {} {}\r\n", resp.status, reason(resp.status));
     for (name, value) in &resp.headers {
         out.push_str(name);
@@ -251,14 +248,26 @@ pub(crate) fn write_response(
         out.push_str(value);
         out.push_str("\r\n");
     }
-    out.push_str(&format!("content-length: {}\r\n", resp.body.len()));
+    out.push_str(&format!("content-length: {content_length}\r\n"));
     out.push_str(if keep_alive {
         "connection: keep-alive\r\n\r\n"
     } else {
         "connection: close\r\n\r\n"
     });
-    out.push_str(&resp.body);
-    stream.write_all(out.as_bytes())?;
+    out.into_bytes()
+}
+
+/// Writes the whole response in one buffer so it leaves in as few segments as possible; `keep_alive` says
+/// whether the connection stays open for another request.
+pub(crate) fn write_response(
+    stream: &mut impl Write,
+    resp: &Response,
+    keep_alive: bool,
+) -> io::Result<()> {
+    let len = u64::try_from(resp.body.len()).unwrap_or(u64::MAX);
+    let mut out = head_bytes(resp, len, keep_alive);
+    out.extend_from_slice(&resp.body);
+    stream.write_all(&out)?;
     stream.flush()
 }
 

@@ -19,6 +19,26 @@
 //! The [`Behavior`] is the server default unless the message text carries a marker such as
 //! `[fakellm:truncated]`. A behaviour aimed at another phase answers like `Good`.
 //!
+//! The rest simulate a misbehaving API in any phase, so a client's error handling can be
+//! tested over real HTTP (spellings as in `--behavior` and markers):
+//!
+//! * `slow=<millis>`: waits, then answers like `good`;
+//! * `status=<code>`: that status with the format's error body; 429, 503 and 529 carry
+//!   `retry-after: 1`, as the real APIs do when rate-limiting or overloaded;
+//! * `flaky=<code>:<n>`: the first n requests with the same last user message text get
+//!   `status=<code>`'s answer, later ones with that text answer like `good`;
+//! * `garbage`: a 200 with a JSON content type and a body that is not JSON;
+//! * `wrong-shape`: a 200 with JSON that is not a message;
+//! * `huge=<MiB>`: a 200 message whose text is that many MiB (1-200), streamed, so a client's
+//!   size cap is hit mid-body;
+//! * `not-utf8`: a 200 message whose text holds the bytes 0xff 0xfe;
+//! * `empty-content`: a 200 message with no text (Anthropic `"content": []`, OpenAI content `""`);
+//! * `odd-block`: a 200 message whose only content is a tool call;
+//! * `hang`: reads the request and never answers;
+//! * `endless`: a 200 head with a large content-length, then a byte every 200 ms, never
+//!   finishing, so only the client's timeout ends it;
+//! * `reset`: reads the request and closes the connection.
+//!
 //! Connections are kept alive between answered requests, as the real APIs do, unless the client sends
 //! `connection: close`; an error after which the request bytes may be unread, a hang or a reset closes it.
 //!
@@ -149,8 +169,8 @@ impl FakeLlm {
         self.shared.clear_requests();
     }
 
-    /// Stops accepting, wakes Slow/Hang handlers, closes open connections and joins the
-    /// accept thread.
+    /// Stops accepting, wakes Slow/Hang/Endless handlers, closes open connections and joins
+    /// the accept thread.
     pub fn shutdown(mut self) {
         self.stop();
     }

@@ -10,7 +10,9 @@ const USAGE: &str = "usage: fakellm [--addr HOST:PORT] [--behavior SPELLING]
   --addr HOST:PORT     where to listen (default 127.0.0.1:8787; port 0 picks a free port)
   --behavior SPELLING  default answer: good, truncated, missing=<Section Name>,
                        empty=<Section Name>, fenced, reject, no-diff, slow=<millis>,
-                       status=<code>, garbage, wrong-shape, hang, reset (default good)
+                       status=<code>, flaky=<code>:<n>, garbage, wrong-shape, huge=<MiB>,
+                       not-utf8, empty-content, odd-block, hang, endless, reset
+                       (default good)
 
 Serves two wire formats on the same address:
   POST /v1/messages          Anthropic Messages (x-api-key and anthropic-version headers)
@@ -20,6 +22,14 @@ The system text picks the phase being answered: containing \"VERDICT:\" -> a rev
 in VERDICT: APPROVE; else containing \"unified diff\" -> a sentence and a fenced diff; else
 a six-section Markdown spec. missing=, empty= and fenced shape specs only, reject only
 reviews (VERDICT: REJECT), no-diff only implement answers; elsewhere they answer like good.
+
+The others misbehave in every phase: status=<code> answers with that error (429, 503 and
+529 with retry-after: 1); flaky=<code>:<n> does so for the first n requests with the same
+last user message, then answers like good; garbage is not JSON; wrong-shape is JSON but
+not a message; huge=<MiB> streams a message whose text is that many MiB (1-200); not-utf8
+puts bytes 0xff 0xfe in the text; empty-content has no text; odd-block holds only a tool
+call; hang never answers; endless sends a 200 head, then one body byte every 200 ms for
+ever; reset closes without answering.
 
 A prompt containing [fakellm:SPELLING] overrides the default for that request.";
 

@@ -141,6 +141,42 @@ pub(crate) fn success_body(id: u64, request: &ChatRequest, answer: &Answer) -> V
     })
 }
 
+/// For a body whose text is sent apart from it, so its usage still counts that text.
+pub(crate) fn set_output_tokens(body: &mut Value, tokens: u64) {
+    let prompt_tokens = body["usage"]["prompt_tokens"].as_u64().unwrap_or(0);
+    body["usage"]["completion_tokens"] = json!(tokens);
+    body["usage"]["total_tokens"] = json!(prompt_tokens.saturating_add(tokens));
+}
+
+fn no_text() -> Answer {
+    Answer {
+        text: String::new(),
+        truncated: false,
+    }
+}
+
+/// A completion whose message content is the empty string, with a normal stop.
+pub(crate) fn empty_body(id: u64, request: &ChatRequest) -> Value {
+    success_body(id, request, &no_text())
+}
+
+/// A completion whose message is a tool call with no content, which a client that offered no
+/// tools cannot use.
+pub(crate) fn tool_call_body(id: u64, request: &ChatRequest) -> Value {
+    let mut body = success_body(id, request, &no_text());
+    body["choices"][0]["message"] = json!({
+        "role": "assistant",
+        "content": null,
+        "tool_calls": [{
+            "id": "call_fake",
+            "type": "function",
+            "function": {"name": "noop", "arguments": "{}"},
+        }],
+    });
+    body["choices"][0]["finish_reason"] = json!("tool_calls");
+    body
+}
+
 /// The error `type` the real API pairs with each status; it files a missing or bad key
 /// under `invalid_request_error` and says more in `code`.
 pub(crate) fn error_type(status: u16) -> &'static str {
@@ -296,6 +332,28 @@ mod tests {
         );
         assert_eq!(error_body(503, "x")["error"]["type"], "server_error");
         assert!(error_body(400, "x")["error"]["code"].is_null());
+    }
+
+    #[test]
+    fn textless_completions_keep_the_envelope() {
+        let req = parse_request(&valid()).unwrap();
+        let empty = empty_body(1, &req);
+        assert_eq!(
+            empty["choices"],
+            json!([{"index": 0, "message": {"role": "assistant", "content": ""}, "finish_reason": "stop"}])
+        );
+        let odd = tool_call_body(2, &req);
+        let choice = &odd["choices"][0];
+        assert!(choice["message"]["content"].is_null());
+        assert_eq!(choice["message"]["tool_calls"][0]["type"], "function");
+        assert_eq!(choice["finish_reason"], "tool_calls");
+        let mut body = success_body(3, &req, &no_text());
+        set_output_tokens(&mut body, 40);
+        assert_eq!(body["usage"]["completion_tokens"], 40);
+        assert_eq!(
+            body["usage"]["total_tokens"],
+            body["usage"]["prompt_tokens"].as_u64().unwrap() + 40
+        );
     }
 
     fn head_with(auth: Option<&str>) -> Head {

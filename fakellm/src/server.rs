@@ -1,7 +1,7 @@
 //! The running server: shared state, the accept loop, and one handler thread per connection (kept alive between requests).
 
 use std::collections::HashMap;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -28,6 +28,26 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often a hanging handler checks whether its client has given up.
 const HANG_POLL: Duration = Duration::from_millis(200);
 
+const MIB: u64 = 1024 * 1024;
+
+/// The text of a `huge` answer, repeated: ASCII that JSON leaves unescaped, and 16 bytes long so
+/// a whole number of MiB is a whole number of repeats.
+const FILLER: &[u8; 16] = b"fakellm filler. ";
+
+/// How much of a `huge` answer is written at a time: enough to keep loopback busy, little
+/// enough that even `huge=200` costs no memory to speak of.
+const FILLER_CHUNK: usize = 64 * 1024;
+
+/// The text of a `not-utf8` answer: 0xff and 0xfe can appear nowhere in UTF-8.
+const NOT_UTF8_TEXT: &[u8] = b"Invalid bytes follow: \xff\xfe (simulated by fakellm)";
+
+/// The content-length an `endless` answer announces: under any sensible client's size cap, so
+/// only the client's timeout ends the wait, and at one byte a tick about 58 hours of sending.
+const ENDLESS_LENGTH: u64 = MIB;
+
+/// How often an `endless` answer sends its next byte.
+const ENDLESS_TICK: Duration = Duration::from_millis(200);
+
 /// A panicking handler must not take the whole fake down with poisoned locks; the data
 /// behind every lock here stays consistent even if a holder panicked.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -48,6 +68,10 @@ pub(crate) struct Shared {
     next_request: AtomicU64,
     next_message: AtomicU64,
     logging: AtomicBool,
+    /// For `flaky`: how many requests with each last user message text have been failed so far.
+    /// Keyed by text, not connection, because a retrying client resends the same prompt, often
+    /// on a fresh connection.
+    flaky_failures: Mutex<HashMap<String, u32>>,
 }
 
 impl Shared {
@@ -62,6 +86,7 @@ impl Shared {
             next_request: AtomicU64::new(1),
             next_message: AtomicU64::new(1),
             logging: AtomicBool::new(false),
+            flaky_failures: Mutex::new(HashMap::new()),
         }
     }
 
@@ -92,6 +117,23 @@ impl Shared {
     fn log(&self, line: &str) {
         if self.logging.load(Ordering::Relaxed) {
             eprintln!("{line}");
+        }
+    }
+
+    fn next_message_id(&self) -> u64 {
+        self.next_message.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Whether a `flaky` request with this text fails, counting it if so. Counts never reset:
+    /// a test that wants a fresh count sends a different text or starts a fresh server.
+    fn flaky_fails(&self, text: &str, times: u32) -> bool {
+        let mut failures = lock(&self.flaky_failures);
+        let failed = failures.entry(text.to_string()).or_insert(0);
+        if *failed < times {
+            *failed += 1;
+            true
+        } else {
+            false
         }
     }
 
@@ -220,6 +262,15 @@ enum Reply {
     /// An early refusal with request bytes possibly still unread.
     SendAndLinger(Response),
     SlowThenSend(Duration, Response),
+    /// A 200 too large to hold: the response's body, then `filler` bytes of [`FILLER`], then
+    /// `suffix`.
+    Huge {
+        start: Response,
+        filler: u64,
+        suffix: Vec<u8>,
+    },
+    /// The response's body, then a byte a tick, under a content-length never reached.
+    Endless(Response),
     Hang,
     Reset,
 }
@@ -280,9 +331,11 @@ fn serve_one(shared: &Shared, stream: &mut TcpStream, conn_id: u64) -> bool {
         Ok(_) => route(shared, &head, parsed.as_ref()),
     };
     let outcome = match &reply {
-        Reply::Send(r) | Reply::SendAndLinger(r) | Reply::SlowThenSend(_, r) => {
-            r.status.to_string()
-        }
+        Reply::Send(r)
+        | Reply::SendAndLinger(r)
+        | Reply::SlowThenSend(_, r)
+        | Reply::Huge { start: r, .. }
+        | Reply::Endless(r) => r.status.to_string(),
         Reply::Hang => "no answer".to_string(),
         Reply::Reset => "closed".to_string(),
     };
@@ -308,6 +361,25 @@ fn serve_one(shared: &Shared, stream: &mut TcpStream, conn_id: u64) -> bool {
                 && http::write_response(stream, &with_request_id(resp, request_no), keep_alive)
                     .is_ok()
                 && keep_alive
+        }
+        Reply::Huge {
+            start,
+            filler,
+            suffix,
+        } => {
+            write_huge(
+                stream,
+                &with_request_id(start, request_no),
+                filler,
+                &suffix,
+                keep_alive,
+            )
+            .is_ok()
+                && keep_alive
+        }
+        Reply::Endless(start) => {
+            trickle(shared, stream, &with_request_id(start, request_no));
+            false
         }
         Reply::Hang => {
             hang(shared, stream);
@@ -379,6 +451,39 @@ fn answer(
         Behavior::WrongShape => {
             Reply::Send(wire::json_response(200, r#"{"hello":"world"}"#.to_string()))
         }
+        Behavior::Flaky { status, times } => {
+            if shared.flaky_fails(&request.last_user_text, *times) {
+                Reply::Send(format.error(*status, wire::simulated_message(*status)))
+            } else {
+                Reply::Send(message(shared, format, request, phase, &Behavior::Good))
+            }
+        }
+        Behavior::Huge(mib) => {
+            let filler = u64::from(*mib) * MIB;
+            let text_chars = usize::try_from(filler).unwrap_or(usize::MAX);
+            let (start, suffix) =
+                format.success_around_text(shared.next_message_id(), request, text_chars);
+            Reply::Huge {
+                start: wire::json_response(200, start),
+                filler,
+                suffix,
+            }
+        }
+        Behavior::NotUtf8 => {
+            let (mut body, suffix) =
+                format.success_around_text(shared.next_message_id(), request, NOT_UTF8_TEXT.len());
+            body.extend_from_slice(NOT_UTF8_TEXT);
+            body.extend_from_slice(&suffix);
+            Reply::Send(wire::json_response(200, body))
+        }
+        Behavior::EmptyContent => Reply::Send(format.empty(shared.next_message_id(), request)),
+        Behavior::OddBlock => Reply::Send(format.odd_block(shared.next_message_id(), request)),
+        Behavior::Endless => {
+            let text_chars = usize::try_from(ENDLESS_LENGTH).unwrap_or(usize::MAX);
+            let (start, _) =
+                format.success_around_text(shared.next_message_id(), request, text_chars);
+            Reply::Endless(wire::json_response(200, start))
+        }
         Behavior::Hang => Reply::Hang,
         Behavior::Reset => Reply::Reset,
         Behavior::Slow(delay) => Reply::SlowThenSend(
@@ -404,8 +509,7 @@ fn message(
 ) -> Response {
     let feature = spec::feature_name(&request.last_user_text);
     let answer = phase::answer(phase, behavior, &feature);
-    let id = shared.next_message.fetch_add(1, Ordering::Relaxed);
-    format.success(id, request, &answer)
+    format.success(shared.next_message_id(), request, &answer)
 }
 
 /// Holds the connection open without answering until shutdown, but lets the thread go if
@@ -428,4 +532,55 @@ fn hang(shared: &Shared, stream: &mut TcpStream) {
             Err(_) => return,
         }
     }
+}
+
+/// Writes a `huge` answer a chunk at a time under its true content-length. A client that stops
+/// at its size cap closes the connection, and the next write fails: that ends the answer
+/// quietly, as it would on a real server.
+fn write_huge(
+    stream: &mut TcpStream,
+    start: &Response,
+    filler: u64,
+    suffix: &[u8],
+    keep_alive: bool,
+) -> io::Result<()> {
+    let framing = u64::try_from(start.body.len() + suffix.len()).unwrap_or(u64::MAX);
+    let mut out = http::head_bytes(start, framing.saturating_add(filler), keep_alive);
+    out.extend_from_slice(&start.body);
+    stream.write_all(&out)?;
+    let chunk = FILLER.repeat(FILLER_CHUNK / FILLER.len());
+    let mut left = filler;
+    while left > 0 {
+        let n = chunk.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        stream.write_all(&chunk[..n])?;
+        left -= n as u64;
+    }
+    stream.write_all(suffix)?;
+    stream.flush()
+}
+
+/// Sends the head and the start of an `endless` answer, then one more byte a tick, until the
+/// client disconnects (a write fails) or the server stops. The answer is never completed, so
+/// the connection is not reused.
+fn trickle(shared: &Shared, stream: &mut TcpStream, start: &Response) {
+    // Each byte should leave as it is written, not wait for Nagle to batch it.
+    let _ = stream.set_nodelay(true);
+    let mut out = http::head_bytes(start, ENDLESS_LENGTH, false);
+    out.extend_from_slice(&start.body);
+    if stream
+        .write_all(&out)
+        .and_then(|()| stream.flush())
+        .is_err()
+    {
+        return;
+    }
+    let mut sent = u64::try_from(start.body.len()).unwrap_or(ENDLESS_LENGTH);
+    // Stopping one byte short keeps the body unfinished even for a client patient enough.
+    while sent + 1 < ENDLESS_LENGTH {
+        if shared.wait_for_stop(ENDLESS_TICK) || stream.write_all(b" ").is_err() {
+            return;
+        }
+        sent += 1;
+    }
+    hang(shared, stream);
 }

@@ -114,14 +114,17 @@ pub fn good_spec(feature: &str) -> String {
 }
 
 /// The text a behaviour answers a spec request with for `feature`; `None` for behaviours
-/// that answer with something other than a message (errors, garbage, silence). Behaviours
-/// aimed at other phases (`reject`, `no-diff`) give the good spec.
+/// that answer with something other than a spec (errors, garbage, silence, filler, no text).
+/// Behaviours aimed at other phases (`reject`, `no-diff`) give the good spec, and so does
+/// `flaky` once its failures are spent.
 pub fn spec_for(behavior: &Behavior, feature: &str) -> Option<String> {
     let mut parts = sections(feature);
     match behavior {
-        Behavior::Good | Behavior::Slow(_) | Behavior::Reject | Behavior::NoDiff => {
-            Some(render(&parts))
-        }
+        Behavior::Good
+        | Behavior::Slow(_)
+        | Behavior::Flaky { .. }
+        | Behavior::Reject
+        | Behavior::NoDiff => Some(render(&parts)),
         Behavior::Truncated => {
             let tdd = parts.iter().position(|(n, _)| *n == "TDD Plan")?;
             parts.truncate(tdd + 1);
@@ -158,7 +161,12 @@ pub fn spec_for(behavior: &Behavior, feature: &str) -> Option<String> {
         | Behavior::Garbage
         | Behavior::WrongShape
         | Behavior::Hang
-        | Behavior::Reset => None,
+        | Behavior::Reset
+        | Behavior::Huge(_)
+        | Behavior::NotUtf8
+        | Behavior::EmptyContent
+        | Behavior::OddBlock
+        | Behavior::Endless => None,
     }
 }
 

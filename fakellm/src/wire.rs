@@ -7,6 +7,10 @@ use crate::http::{Head, Rejection, Response};
 use crate::phase::Answer;
 use crate::{anthropic, openai};
 
+/// Stands in for the answer text in a body that is cut in two around it; plain ASCII, so JSON
+/// encoding leaves it as it is and it can be found again in the encoded body.
+const TEXT_SLOT: &str = "FAKELLM-TEXT-SLOT-3f9c1a";
+
 /// The output cap a client sent, and under which field name, since OpenAI has two.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct TokenCap {
@@ -69,6 +73,58 @@ impl Format {
         json_response(200, body.to_string())
     }
 
+    /// A 200 body split where the answer text goes, for texts that are written separately: too
+    /// large to hold, not UTF-8, or never finished. The text must need no JSON escaping, and
+    /// `text_chars` is its length, so the usage counts match what is eventually sent.
+    pub(crate) fn success_around_text(
+        self,
+        id: u64,
+        request: &ChatRequest,
+        text_chars: usize,
+    ) -> (Vec<u8>, Vec<u8>) {
+        let slot = Answer {
+            text: TEXT_SLOT.to_string(),
+            truncated: false,
+        };
+        let tokens = rough_tokens(text_chars);
+        let body = match self {
+            Format::Anthropic => {
+                let mut body = anthropic::success_body(id, request, &slot);
+                anthropic::set_output_tokens(&mut body, tokens);
+                body
+            }
+            Format::OpenAi => {
+                let mut body = openai::success_body(id, request, &slot);
+                openai::set_output_tokens(&mut body, tokens);
+                body
+            }
+        }
+        .to_string();
+        match body.split_once(TEXT_SLOT) {
+            Some((before, after)) => (before.into(), after.into()),
+            // The slot is always in the body it was put in; this arm only keeps the server from panicking.
+            None => (body.into_bytes(), Vec::new()),
+        }
+    }
+
+    /// A 200 in this format's envelope that carries no text at all.
+    pub(crate) fn empty(self, id: u64, request: &ChatRequest) -> Response {
+        let body = match self {
+            Format::Anthropic => anthropic::empty_body(id, request),
+            Format::OpenAi => openai::empty_body(id, request),
+        };
+        json_response(200, body.to_string())
+    }
+
+    /// A 200 whose only content is a tool call, which a text-only client never asked for.
+    pub(crate) fn odd_block(self, id: u64, request: &ChatRequest) -> Response {
+        let body = match self {
+            Format::Anthropic => anthropic::tool_use_body(id, request),
+            Format::OpenAi => openai::tool_call_body(id, request),
+        };
+        json_response(200, body.to_string())
+    }
+
     /// The name this format gives the error class of `status`, also used in log lines.
     pub(crate) fn error_type(self, status: u16) -> &'static str {
         match self {
@@ -77,15 +133,15 @@ impl Format {
         }
     }
 
-    /// An error in this format's envelope. 429 carries `retry-after` as both real APIs do,
-    /// so client back-off logic is exercised.
+    /// An error in this format's envelope. Rate limits and overloads (429, 503, 529) carry
+    /// `retry-after` as both real APIs do, so client back-off logic is exercised.
     pub(crate) fn error(self, status: u16, message: &str) -> Response {
         let body = match self {
             Format::Anthropic => anthropic::error_body(status, message),
             Format::OpenAi => openai::error_body(status, message),
         };
         let mut resp = json_response(status, body.to_string());
-        if status == 429 {
+        if matches!(status, 429 | 503 | 529) {
             resp.headers.push(("retry-after", "1".to_string()));
         }
         if status == 405 {
@@ -99,11 +155,11 @@ impl Format {
     }
 }
 
-pub(crate) fn json_response(status: u16, body: String) -> Response {
+pub(crate) fn json_response(status: u16, body: impl Into<Vec<u8>>) -> Response {
     Response {
         status,
         headers: vec![("content-type", "application/json".to_string())],
-        body,
+        body: body.into(),
     }
 }
 
@@ -208,8 +264,13 @@ mod tests {
     #[test]
     fn errors_carry_the_shared_headers() {
         for format in [Format::Anthropic, Format::OpenAi] {
-            let limited = format.error(429, "slow down");
-            assert!(limited.headers.contains(&("retry-after", "1".to_string())));
+            for status in [429, 503, 529] {
+                let limited = format.error(status, "slow down");
+                assert!(
+                    limited.headers.contains(&("retry-after", "1".to_string())),
+                    "{status}"
+                );
+            }
             let wrong_method = format.error(405, "no");
             assert!(
                 wrong_method
@@ -223,6 +284,42 @@ mod tests {
                     .iter()
                     .any(|(n, _)| *n == "retry-after")
             );
+        }
+    }
+
+    fn request() -> ChatRequest {
+        ChatRequest {
+            model: "m".into(),
+            max_tokens: None,
+            system_text: String::new(),
+            messages_text: String::new(),
+            last_user_text: String::new(),
+            input_chars: 40,
+        }
+    }
+
+    #[test]
+    fn a_body_split_around_its_text_joins_back_into_a_message() {
+        let text = "y".repeat(400);
+        for format in [Format::Anthropic, Format::OpenAi] {
+            let (mut body, after) = format.success_around_text(9, &request(), text.len());
+            body.extend_from_slice(text.as_bytes());
+            body.extend_from_slice(&after);
+            let v: Value = serde_json::from_slice(&body).unwrap();
+            let whole = format.success(
+                9,
+                &request(),
+                &Answer {
+                    text: text.clone(),
+                    truncated: false,
+                },
+            );
+            let mut expected: Value = serde_json::from_slice(&whole.body).unwrap();
+            // OpenAI stamps the second it answered in; two calls may straddle a second.
+            if let Some(created) = v.get("created") {
+                expected["created"] = created.clone();
+            }
+            assert_eq!(v, expected, "{format:?}");
         }
     }
 

@@ -25,6 +25,11 @@ impl Reply {
             .map(|(_, v)| v.as_str())
     }
 
+    /// The body exactly as sent; `body` is its lossy decoding.
+    fn body_bytes(&self) -> &[u8] {
+        &self.raw[blank_line(&self.raw).unwrap() + 4..]
+    }
+
     fn json(&self) -> Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
     }
@@ -55,11 +60,15 @@ fn connect(url: &str) -> TcpStream {
     stream
 }
 
+/// Where the head ends: the offset of its closing `\r\n\r\n`.
+fn blank_line(raw: &[u8]) -> Option<usize> {
+    raw.windows(4).position(|w| w == b"\r\n\r\n")
+}
+
 fn read_reply(stream: &mut TcpStream) -> Reply {
     let mut raw = Vec::new();
     let _ = stream.read_to_end(&mut raw);
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+    let Some(head_end) = blank_line(&raw) else {
         return Reply {
             status: 0,
             headers: vec![],
@@ -67,6 +76,8 @@ fn read_reply(stream: &mut TcpStream) -> Reply {
             raw,
         };
     };
+    let head = String::from_utf8_lossy(&raw[..head_end]).into_owned();
+    let body = &raw[head_end + 4..];
     let mut lines = head.split("\r\n");
     let status = lines
         .next()
@@ -91,7 +102,7 @@ fn read_reply(stream: &mut TcpStream) -> Reply {
     Reply {
         status,
         headers,
-        body: body.to_string(),
+        body: String::from_utf8_lossy(body).into_owned(),
         raw,
     }
 }
@@ -105,6 +116,19 @@ fn send_raw(url: &str, raw: &[u8]) -> Reply {
 /// One request on its own connection; it asks the server to close it after the answer, so the reply can
 /// be read to the end of the stream.
 fn request(url: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+    send_raw(
+        url,
+        request_text(url, method, path, headers, body).as_bytes(),
+    )
+}
+
+fn request_text(
+    url: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> String {
     let mut raw = format!(
         "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
         host(url)
@@ -113,7 +137,7 @@ fn request(url: &str, method: &str, path: &str, headers: &[(&str, &str)], body: 
         raw.push_str(&format!("{n}: {v}\r\n"));
     }
     raw.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
-    send_raw(url, raw.as_bytes())
+    raw
 }
 
 const AUTH: [(&str, &str); 3] = [
@@ -258,16 +282,16 @@ fn simulated_statuses_use_real_error_bodies() {
     assert_eq!(reply.status, 429);
     assert_eq!(reply.error_type(), "rate_limit_error");
     assert_eq!(reply.header("retry-after"), Some("1"));
-    for (code, kind) in [
-        (529, "overloaded_error"),
-        (500, "api_error"),
-        (503, "api_error"),
+    for (code, kind, retry_after) in [
+        (529, "overloaded_error", Some("1")),
+        (500, "api_error", None),
+        (503, "api_error", Some("1")),
     ] {
         llm.set_behavior(Behavior::Status(code));
         let reply = ask(&llm, "x");
         assert_eq!(reply.status, code);
         assert_eq!(reply.error_type(), kind);
-        assert_eq!(reply.header("retry-after"), None);
+        assert_eq!(reply.header("retry-after"), retry_after, "{code}");
     }
 }
 
@@ -595,6 +619,11 @@ fn openai_request(llm: &FakeLlm, body: &Value) -> Reply {
 
 /// Asks in `api`'s format with `system` as the system text.
 fn ask_as(llm: &FakeLlm, api: Api, system: &str, prompt: &str) -> Reply {
+    send_raw(&llm.url(), ask_as_text(llm, api, system, prompt).as_bytes())
+}
+
+/// The request `ask_as` sends, for tests that read the answer themselves.
+fn ask_as_text(llm: &FakeLlm, api: Api, system: &str, prompt: &str) -> String {
     match api {
         Api::Anthropic => {
             let body = json!({
@@ -603,9 +632,15 @@ fn ask_as(llm: &FakeLlm, api: Api, system: &str, prompt: &str) -> Reply {
                 "system": system,
                 "messages": [{"role": "user", "content": prompt}],
             });
-            request(&llm.url(), "POST", "/v1/messages", &AUTH, &body.to_string())
+            request_text(&llm.url(), "POST", "/v1/messages", &AUTH, &body.to_string())
         }
-        Api::OpenAi => openai_request(llm, &openai_body(system, prompt)),
+        Api::OpenAi => request_text(
+            &llm.url(),
+            "POST",
+            OPENAI_PATH,
+            &OPENAI_AUTH,
+            &openai_body(system, prompt).to_string(),
+        ),
     }
 }
 
@@ -908,14 +943,14 @@ fn openai_failure_behaviours() {
         (429, "requests".into(), json!("rate_limit_exceeded"))
     );
     assert_eq!(reply.header("retry-after"), Some("1"));
-    for code in [500, 503, 529] {
+    for (code, retry_after) in [(500, None), (503, Some("1")), (529, Some("1"))] {
         llm.set_behavior(Behavior::Status(code));
         let reply = openai_request(&llm, &openai_body(REVIEW_SYSTEM, "x"));
         assert_eq!(
             openai_error(&reply),
             (code, "server_error".into(), Value::Null)
         );
-        assert_eq!(reply.header("retry-after"), None);
+        assert_eq!(reply.header("retry-after"), retry_after, "{code}");
     }
 
     llm.set_behavior(Behavior::Good);
@@ -1020,6 +1055,13 @@ fn help_describes_both_formats_and_the_new_spellings() {
         "no-diff",
         "VERDICT:",
         "unified diff",
+        "flaky=<code>:<n>",
+        "huge=<MiB>",
+        "not-utf8",
+        "empty-content",
+        "odd-block",
+        "endless",
+        "retry-after: 1",
     ] {
         assert!(help.contains(needle), "{needle}: {help}");
     }
@@ -1068,4 +1110,274 @@ fn connections_are_kept_alive_between_requests() {
     let reqs = llm.requests();
     assert_eq!(reqs.len(), 2);
     assert_eq!(reqs[0].connection, reqs[1].connection);
+}
+
+// ---- a misbehaving API ----
+
+const MIB: usize = 1024 * 1024;
+
+/// The status and error type of an error answer, whichever the format, checking its envelope.
+fn error_of(api: Api, reply: &Reply) -> (u16, String) {
+    match api {
+        Api::Anthropic => (reply.status, reply.error_type()),
+        Api::OpenAi => {
+            let (status, kind, _) = openai_error(reply);
+            (status, kind)
+        }
+    }
+}
+
+/// The answer's JSON with undecodable bytes replaced, for bodies that are deliberately not UTF-8.
+fn lossy_json(reply: &Reply) -> Value {
+    serde_json::from_str(&String::from_utf8_lossy(reply.body_bytes())).unwrap()
+}
+
+#[test]
+fn flaky_fails_each_prompt_text_n_times_then_answers() {
+    for api in APIS {
+        let llm = FakeLlm::start(Behavior::parse("flaky=429:2").unwrap()).unwrap();
+        let rate_limited = match api {
+            Api::Anthropic => "rate_limit_error",
+            Api::OpenAi => "requests",
+        };
+        // Interleaved, so each text is seen to keep its own count.
+        for _ in 0..2 {
+            for prompt in ["Add CSV export", "Fix the login timeout"] {
+                let reply = ask_as(&llm, api, SPEC_SYSTEM, prompt);
+                assert_eq!(
+                    error_of(api, &reply),
+                    (429, rate_limited.to_string()),
+                    "{api:?} {prompt}"
+                );
+                assert_eq!(reply.header("retry-after"), Some("1"));
+            }
+        }
+        for prompt in ["Add CSV export", "Fix the login timeout"] {
+            for _ in 0..2 {
+                let reply = ask_as(&llm, api, SPEC_SYSTEM, prompt);
+                assert_eq!(text_and_stop(api, &reply).0, good_spec(prompt), "{api:?}");
+                assert_eq!(reply.header("retry-after"), None);
+            }
+        }
+        // A text not seen before starts its own count, in any phase.
+        let reply = ask_as(&llm, api, IMPLEMENT_SYSTEM, "Add PDF export");
+        assert_eq!(error_of(api, &reply).0, 429);
+
+        // As a marker, with its own status and count.
+        let marked = "[fakellm:flaky=529:1] Add CSV export";
+        let reply = ask_as(&llm, api, REVIEW_SYSTEM, marked);
+        assert_eq!(error_of(api, &reply).0, 529, "{api:?}");
+        assert_eq!(reply.header("retry-after"), Some("1"));
+        let reply = ask_as(&llm, api, REVIEW_SYSTEM, marked);
+        assert_eq!(text_and_stop(api, &reply).0, good_review("Add CSV export"));
+
+        let marked = "[fakellm:flaky=500:1] Add CSV export";
+        let reply = ask_as(&llm, api, SPEC_SYSTEM, marked);
+        assert_eq!(error_of(api, &reply).0, 500);
+        assert_eq!(reply.header("retry-after"), None);
+        assert_eq!(ask_as(&llm, api, SPEC_SYSTEM, marked).status, 200);
+    }
+}
+
+#[test]
+fn huge_streams_a_message_of_that_many_mib() {
+    let llm = FakeLlm::start(Behavior::Good).unwrap();
+    // More than damascus reads (8 MiB), in the size a capped client would have to give up on.
+    let reply = ask_as(
+        &llm,
+        Api::Anthropic,
+        SPEC_SYSTEM,
+        "[fakellm:huge=9] Add CSV export",
+    );
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("content-type"), Some("application/json"));
+    assert_eq!(
+        reply
+            .header("content-length")
+            .unwrap()
+            .parse::<usize>()
+            .unwrap(),
+        reply.body_bytes().len()
+    );
+    let v = reply.json();
+    assert_eq!(v["type"], "message");
+    let (text, stop) = text_and_stop(Api::Anthropic, &reply);
+    assert_eq!(stop, "end_turn");
+    assert_eq!(text.len(), 9 * MIB);
+    assert!(text.starts_with("fakellm filler. fakellm filler. "));
+    assert_eq!(v["usage"]["output_tokens"], (9 * MIB / 4) as u64);
+
+    llm.set_behavior(Behavior::Huge(1));
+    let reply = ask_as(&llm, Api::OpenAi, SPEC_SYSTEM, "Add CSV export");
+    let (text, stop) = text_and_stop(Api::OpenAi, &reply);
+    assert_eq!((text.len(), stop.as_str()), (MIB, "stop"));
+    assert_eq!(reply.json()["usage"]["completion_tokens"], (MIB / 4) as u64);
+}
+
+#[test]
+fn huge_ends_quietly_when_the_client_stops_reading() {
+    let llm = FakeLlm::start(Behavior::Huge(200)).unwrap();
+    let mut stream = connect(&llm.url());
+    stream
+        .write_all(ask_as_text(&llm, Api::Anthropic, SPEC_SYSTEM, "Add CSV export").as_bytes())
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    while got.len() < MIB {
+        let n = stream.read(&mut buf).unwrap();
+        assert_ne!(n, 0, "the answer ended early");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let head_end = blank_line(&got).unwrap();
+    let head = String::from_utf8_lossy(&got[..head_end]);
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    let announced = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .unwrap()
+        .parse::<usize>()
+        .unwrap();
+    assert!(announced > 200 * MIB, "{announced}");
+    // A client over its cap hangs up mid-body.
+    drop(stream);
+    // Nothing on the server minded: the next request is answered as usual.
+    let reply = ask(&llm, "[fakellm:good] Add CSV export");
+    assert_eq!(reply.text(), good_spec("Add CSV export"));
+}
+
+#[test]
+fn not_utf8_sends_a_json_envelope_with_bytes_that_are_not_utf8() {
+    let llm = FakeLlm::start(Behavior::NotUtf8).unwrap();
+    for api in APIS {
+        let reply = ask_as(&llm, api, SPEC_SYSTEM, "Add CSV export");
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.header("content-type"), Some("application/json"));
+        let body = reply.body_bytes();
+        assert!(std::str::from_utf8(body).is_err(), "{api:?}");
+        assert!(body.windows(2).any(|w| w == [0xff, 0xfe]));
+        // Otherwise it is the format's message, so only a UTF-8 check can catch it.
+        let v = lossy_json(&reply);
+        let text = match api {
+            Api::Anthropic => &v["content"][0]["text"],
+            Api::OpenAi => &v["choices"][0]["message"]["content"],
+        };
+        assert!(text.as_str().unwrap().contains('\u{fffd}'), "{v}");
+    }
+}
+
+#[test]
+fn empty_content_is_a_valid_message_without_text() {
+    let llm = FakeLlm::start(Behavior::Good).unwrap();
+    let reply = ask_as(
+        &llm,
+        Api::Anthropic,
+        SPEC_SYSTEM,
+        "[fakellm:empty-content] x",
+    );
+    assert_eq!(reply.status, 200);
+    let v = reply.json();
+    assert_eq!(v["type"], "message");
+    assert_eq!(v["role"], "assistant");
+    assert_eq!(v["content"], json!([]));
+    assert_eq!(v["stop_reason"], "end_turn");
+
+    llm.set_behavior(Behavior::EmptyContent);
+    let reply = ask_as(&llm, Api::OpenAi, REVIEW_SYSTEM, "x");
+    assert_eq!(reply.status, 200);
+    let v = reply.json();
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(
+        v["choices"],
+        json!([{"index": 0, "message": {"role": "assistant", "content": ""}, "finish_reason": "stop"}])
+    );
+}
+
+#[test]
+fn odd_block_answers_with_a_tool_call_and_no_text() {
+    let llm = FakeLlm::start(Behavior::OddBlock).unwrap();
+    let reply = ask_as(&llm, Api::Anthropic, IMPLEMENT_SYSTEM, "x");
+    assert_eq!(reply.status, 200);
+    let v = reply.json();
+    assert_eq!(v["type"], "message");
+    assert_eq!(
+        v["content"],
+        json!([{"type": "tool_use", "id": "toolu_fake", "name": "noop", "input": {}}])
+    );
+    assert_eq!(v["stop_reason"], "tool_use");
+
+    llm.set_behavior(Behavior::Good);
+    let reply = ask_as(&llm, Api::OpenAi, SPEC_SYSTEM, "[fakellm:odd-block] x");
+    assert_eq!(reply.status, 200);
+    let v = reply.json();
+    let choices = v["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 1);
+    let message = &choices[0]["message"];
+    assert_eq!(message["role"], "assistant");
+    assert!(message["content"].is_null());
+    let calls = message["tool_calls"].as_array().unwrap();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0]["type"], "function");
+    assert_eq!(calls[0]["function"]["name"], "noop");
+    assert_eq!(choices[0]["finish_reason"], "tool_calls");
+}
+
+#[test]
+fn endless_sends_the_head_then_trickles_until_shutdown() {
+    let llm = FakeLlm::start(Behavior::Endless).unwrap();
+    let mut open = Vec::new();
+    for api in APIS {
+        let mut stream = connect(&llm.url());
+        stream
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        stream
+            .write_all(ask_as_text(&llm, api, SPEC_SYSTEM, "x").as_bytes())
+            .unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        let mut read_more = |got: &mut Vec<u8>| {
+            // Every read must bring bytes before the socket timeout: the connection stays open
+            // and keeps delivering.
+            let n = stream
+                .read(&mut buf)
+                .unwrap_or_else(|e| panic!("{api:?}: nothing within the timeout: {e}"));
+            assert_ne!(n, 0, "{api:?}: endless closed the connection");
+            got.extend_from_slice(&buf[..n]);
+        };
+        while blank_line(&got).is_none() {
+            read_more(&mut got);
+        }
+        let head_end = blank_line(&got).unwrap();
+        let first_body = got.len() - (head_end + 4);
+        // A few more bytes, proving the body keeps coming a little at a time.
+        while got.len() - (head_end + 4) < first_body + 3 {
+            read_more(&mut got);
+        }
+        let head = String::from_utf8_lossy(&got[..head_end]).into_owned();
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        assert!(head.contains("content-type: application/json\r\n"));
+        let announced = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .unwrap()
+            .parse::<usize>()
+            .unwrap();
+        let body = &got[head_end + 4..];
+        assert!(body.starts_with(b"{\""), "{api:?}");
+        assert!(body.len() < announced, "{} of {announced}", body.len());
+        open.push((stream, announced));
+    }
+    let started = Instant::now();
+    llm.shutdown();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
+    // Shutdown ends the answers unfinished.
+    for (mut stream, announced) in open {
+        let mut rest = Vec::new();
+        stream.read_to_end(&mut rest).unwrap();
+        assert!(rest.len() < announced);
+    }
 }

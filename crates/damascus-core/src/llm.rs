@@ -6,10 +6,8 @@ use std::rc::{Rc, Weak};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use crate::backoff;
 use crate::wire::{CallError, Codec, Completion, HttpRequest, LlmConfig, Prompt};
-
-/// Largest response body we read; a spec is a few kilobytes.
-const MAX_RESPONSE_BYTES: u64 = 8 * 1024 * 1024;
 
 /// Name resolution and TCP connect get their own bound, so a call stuck there ends even with a long
 /// overall timeout (the call's own timeout still applies when it is shorter).
@@ -20,13 +18,35 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct CallOutcome {
     pub result: Result<Completion, CallError>,
     pub elapsed: Duration,
+    /// How many times the request was sent again after a retryable failure.
+    pub retries: u32,
+}
+
+/// How one call may go: its time budget (all tries together), how often a retryable failure is tried
+/// again within it, and the largest response body read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallPolicy {
+    pub timeout: Duration,
+    pub max_retries: u32,
+    pub max_response_bytes: u64,
+}
+
+impl CallPolicy {
+    /// The defaults of `damascus.llm_max_retries` (2) and `damascus.llm_max_response_bytes` (8 MB).
+    pub fn new(timeout: Duration) -> CallPolicy {
+        CallPolicy {
+            timeout,
+            max_retries: 2,
+            max_response_bytes: 8 * 1024 * 1024,
+        }
+    }
 }
 
 /// One request for a lane's thread.
 struct Job {
     codec: &'static dyn Codec,
     request: HttpRequest,
-    timeout: Duration,
+    policy: CallPolicy,
     reply: mpsc::Sender<CallOutcome>,
     wake: bool,
 }
@@ -101,12 +121,14 @@ fn wake_main_thread() {
     }
 }
 
-fn send(
+/// Sends the request once; the `retry-after` the server sent, if any, comes back with the result.
+fn send_once(
     agent: &ureq::Agent,
     codec: &dyn Codec,
     req: &HttpRequest,
     timeout: Duration,
-) -> Result<Completion, CallError> {
+    max_response_bytes: u64,
+) -> (Result<Completion, CallError>, Option<Duration>) {
     let mut builder = agent
         .post(&req.url)
         .config()
@@ -115,17 +137,89 @@ fn send(
     for (k, v) in &req.headers {
         builder = builder.header(k.as_str(), v.as_str());
     }
-    let mut resp = builder
-        .send(req.body.as_bytes())
-        .map_err(|e| CallError::Transport(e.to_string()))?;
+    let mut resp = match builder.send(req.body.as_bytes()) {
+        Ok(r) => r,
+        Err(e) => return (Err(CallError::Transport(e.to_string())), None),
+    };
     let status = resp.status().as_u16();
-    let body = resp
+    let retry_after = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| backoff::parse_retry_after(v, std::time::SystemTime::now()));
+    // Read as bytes: an oversized or non-UTF-8 body is a bad answer, not a lost connection. The cap stops
+    // reading at the limit instead of taking in the rest.
+    let bytes = match resp
         .body_mut()
         .with_config()
-        .limit(MAX_RESPONSE_BYTES)
-        .read_to_string()
-        .map_err(|e| CallError::Transport(format!("reading the response (HTTP {status}): {e}")))?;
-    codec.parse(status, &body)
+        .limit(max_response_bytes)
+        .read_to_vec()
+    {
+        Ok(b) => b,
+        Err(ureq::Error::BodyExceedsLimit(limit)) => {
+            let message = format!(
+                "the response is larger than damascus.llm_max_response_bytes ({limit} bytes)"
+            );
+            return (Err(CallError::Malformed { status, message }), retry_after);
+        }
+        Err(e) => {
+            let message = format!("reading the response (HTTP {status}): {e}");
+            return (Err(CallError::Transport(message)), retry_after);
+        }
+    };
+    let result = match String::from_utf8(bytes) {
+        Ok(body) => codec.parse(status, &body),
+        Err(e) if (200..300).contains(&status) => Err(CallError::Malformed {
+            status,
+            message: format!("the response body is not UTF-8 ({e})"),
+        }),
+        Err(e) => codec.parse(status, &String::from_utf8_lossy(e.as_bytes())),
+    };
+    (result, retry_after)
+}
+
+/// Sends the request, and again after a retryable failure (no answer, 408, 409, 425, 429, 5xx) up to
+/// `max_retries` times, waiting an exponential, jittered delay or what `retry-after` asks for, all within
+/// the call's one time budget. A wait that would overrun the budget is not started.
+fn call(agent: &ureq::Agent, job: &Job) -> CallOutcome {
+    let started = Instant::now();
+    let deadline = started + job.policy.timeout;
+    // Jitter only has to differ between workers and calls, not be unpredictable.
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::from(d.subsec_nanos()))
+        ^ job.request.body.len() as u64;
+    let mut retries = 0;
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let (result, retry_after) = send_once(
+            agent,
+            job.codec,
+            &job.request,
+            remaining.max(Duration::from_millis(1)),
+            job.policy.max_response_bytes,
+        );
+        let again = match &result {
+            Err(e) if e.retryable() && retries < job.policy.max_retries => {
+                let wait = backoff::in_call_retry_delay(retries, seed, retry_after);
+                (Instant::now() + wait < deadline).then_some(wait)
+            }
+            _ => None,
+        };
+        match again {
+            Some(wait) => {
+                std::thread::sleep(wait);
+                retries += 1;
+            }
+            None => {
+                return CallOutcome {
+                    result,
+                    elapsed: started.elapsed(),
+                    retries,
+                };
+            }
+        }
+    }
 }
 
 impl Lane {
@@ -139,12 +233,7 @@ impl Lane {
                 .spawn(move || {
                     // Ends when the lane is dropped (its sender with it), after the call it is on.
                     for job in inbox {
-                        let started = Instant::now();
-                        let result = send(&thread_agent, job.codec, &job.request, job.timeout);
-                        let _ = job.reply.send(CallOutcome {
-                            result,
-                            elapsed: started.elapsed(),
-                        });
+                        let _ = job.reply.send(call(&thread_agent, &job));
                         if job.wake {
                             wake_main_thread();
                         }
@@ -171,7 +260,12 @@ impl InFlight {
         prompt: &Prompt,
         wake: bool,
     ) -> InFlight {
-        InFlight::send(codec, codec.build(cfg, prompt), cfg.timeout, wake)
+        InFlight::send(
+            codec,
+            codec.build(cfg, prompt),
+            CallPolicy::new(cfg.timeout),
+            wake,
+        )
     }
 
     /// Sends a request already built by `codec` (so a caller can hash or log exactly what goes out
@@ -180,7 +274,7 @@ impl InFlight {
     pub fn send(
         codec: &'static dyn Codec,
         request: HttpRequest,
-        timeout: Duration,
+        policy: CallPolicy,
         wake: bool,
     ) -> InFlight {
         let home = TRANSPORTS.with(|t| {
@@ -194,7 +288,7 @@ impl InFlight {
         let mut job = Job {
             codec,
             request,
-            timeout,
+            policy,
             reply,
             wake,
         };
@@ -224,6 +318,7 @@ impl InFlight {
                 "could not start the HTTP thread: {spawn_error}"
             ))),
             elapsed: Duration::ZERO,
+            retries: 0,
         });
         InFlight {
             rx,
@@ -249,6 +344,7 @@ impl InFlight {
                         "the HTTP thread ended without an answer".into(),
                     )),
                     elapsed: Duration::ZERO,
+                    retries: 0,
                 })
             }
         }

@@ -247,6 +247,24 @@ impl PhaseDef {
     /// Judges a call's result. Pure: the verdict transaction applies what this returns.
     pub fn judge(&self, ticket: &TicketInput, result: &Result<Completion, CallError>) -> Judgement {
         let c = match result {
+            // Refused for good, or answered with something that is not an answer: sending the same request
+            // again would not help, so it costs an attempt like a wrong answer.
+            Err(e) if e.refused() || matches!(e, CallError::Malformed { .. }) => {
+                let kind = if e.refused() {
+                    Kind::LlmRejected
+                } else {
+                    Kind::LlmBadResponse
+                };
+                let verdict = kind.generic_name().to_string();
+                let detail = e.to_string().replace('\0', "\u{fffd}");
+                let mv = self.decide(&verdict, ticket, Some(&detail), None);
+                return Judgement {
+                    verdict,
+                    kind,
+                    detail: mv.failure.clone().or(Some(detail)),
+                    effect: Effect::Move(mv),
+                };
+            }
             Err(e) => {
                 return Judgement {
                     verdict: Kind::LlmError.generic_name().to_string(),
@@ -385,6 +403,10 @@ pub enum Kind {
     Approved,
     Rejected,
     LlmError,
+    /// The API refused the request for good (a 4xx no retry fixes).
+    LlmRejected,
+    /// The API answered with something that is not an answer (not its wire format, not UTF-8, too large).
+    LlmBadResponse,
     ClaimLost,
     Error,
     Interrupted,
@@ -400,6 +422,8 @@ impl Kind {
             Kind::Approved => APPROVED,
             Kind::Rejected => REJECTED,
             Kind::LlmError => "llm_error",
+            Kind::LlmRejected => "llm_rejected",
+            Kind::LlmBadResponse => "llm_bad_response",
             Kind::ClaimLost => "claim_lost",
             Kind::Error => "error",
             Kind::Interrupted => "interrupted",
@@ -683,5 +707,68 @@ mod tests {
         assert_eq!(j.verdict, "spec_wrong");
         let e = p.judge(&ticket("new"), &Err(CallError::Transport("a\0b".into())));
         assert!(!e.detail.unwrap().contains('\0'));
+    }
+
+    #[test]
+    fn a_refused_request_or_a_bad_response_costs_an_attempt_and_a_retryable_one_does_not() {
+        let p = refine_spec();
+        let t = ticket("new");
+        for (error, verdict) in [
+            (
+                CallError::Http {
+                    status: 401,
+                    message: "invalid x-api-key".into(),
+                },
+                "llm_rejected",
+            ),
+            (
+                CallError::Http {
+                    status: 413,
+                    message: "too large".into(),
+                },
+                "llm_rejected",
+            ),
+            (
+                CallError::Malformed {
+                    status: 200,
+                    message: "not JSON".into(),
+                },
+                "llm_bad_response",
+            ),
+        ] {
+            let j = p.judge(&t, &Err(error.clone()));
+            assert_eq!(j.verdict, verdict, "{error}");
+            let Effect::Move(mv) = &j.effect else {
+                panic!("{error}: {:?}", j.effect)
+            };
+            assert_eq!((mv.state.as_str(), mv.attempts), ("new", 1), "{error}");
+            assert!(j.detail.unwrap().contains(&error.to_string()));
+        }
+        // The last allowed attempt fails the ticket, as a wrong answer would.
+        let mut last = t.clone();
+        last.attempts = p.max_attempts - 1;
+        let j = p.judge(
+            &last,
+            &Err(CallError::Http {
+                status: 400,
+                message: "bad".into(),
+            }),
+        );
+        assert!(matches!(&j.effect, Effect::Move(mv) if mv.state == "failed"));
+        for status in [408, 409, 425, 429, 500, 503, 529] {
+            let e = CallError::Http {
+                status,
+                message: String::new(),
+            };
+            assert!(e.retryable() && !e.refused(), "{status}");
+            assert_eq!(p.judge(&t, &Err(e)).verdict, "llm_error", "{status}");
+        }
+        for status in [400, 401, 403, 404, 413, 422] {
+            let e = CallError::Http {
+                status,
+                message: String::new(),
+            };
+            assert!(e.refused() && !e.retryable(), "{status}");
+        }
     }
 }

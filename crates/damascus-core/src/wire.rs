@@ -85,6 +85,12 @@ const TRUNCATION_STOP_REASONS: [&str; 2] = ["max_tokens", "length"];
 impl Completion {
     /// True when the provider says it stopped because the token cap was reached.
     /// `stop_reason` keeps the provider's own word, so this is the one place that knows both.
+    /// No text at all, and not because the cap cut it off: a message that is not an answer (a tool call, an
+    /// empty reply).
+    pub fn is_textless(&self) -> bool {
+        self.text.trim().is_empty() && !self.truncated()
+    }
+
     pub fn truncated(&self) -> bool {
         self.stop_reason
             .as_deref()
@@ -104,6 +110,25 @@ pub enum CallError {
 }
 
 impl CallError {
+    /// Worth another try within the cycle: no answer at all, or a status that says "later" (408, 409, 425,
+    /// 429, any 5xx, Anthropic's 529 included).
+    pub fn retryable(&self) -> bool {
+        match self {
+            CallError::Transport(_) => true,
+            CallError::Http { status, .. } => {
+                matches!(status, 408 | 409 | 425 | 429) || *status >= 500
+            }
+            CallError::Malformed { .. } => false,
+        }
+    }
+
+    /// The API refused this request for good (400, 401, 403, 404, 413, 422 and the other 4xx): sending it
+    /// again will not help, so it costs an attempt instead of being retried for ever.
+    pub fn refused(&self) -> bool {
+        matches!(self, CallError::Http { status, .. } if (400..500).contains(status))
+            && !self.retryable()
+    }
+
     pub fn http_status(&self) -> Option<u16> {
         match self {
             CallError::Transport(_) => None,
@@ -261,7 +286,7 @@ impl Codec for Anthropic {
             .join("");
         let usage = v.get("usage");
         let tokens = |k: &str| usage.and_then(|u| u.get(k)).and_then(Value::as_i64);
-        Ok(Completion {
+        let completion = Completion {
             text,
             stop_reason: v
                 .get("stop_reason")
@@ -269,7 +294,19 @@ impl Codec for Anthropic {
                 .map(str::to_string),
             input_tokens: tokens("input_tokens"),
             output_tokens: tokens("output_tokens"),
-        })
+        };
+        if completion.is_textless() {
+            let kinds: Vec<&str> = blocks
+                .iter()
+                .filter_map(|b| b.get("type").and_then(Value::as_str))
+                .collect();
+            return Err(malformed(format!(
+                "the message has no text (content blocks: [{}], stop_reason {})",
+                kinds.join(", "),
+                completion.stop_reason.as_deref().unwrap_or("none")
+            )));
+        }
+        Ok(completion)
     }
 }
 
@@ -364,7 +401,7 @@ impl Codec for OpenAi {
             })?;
         let usage = v.get("usage");
         let tokens = |k: &str| usage.and_then(|u| u.get(k)).and_then(Value::as_i64);
-        Ok(Completion {
+        let completion = Completion {
             text: text.to_string(),
             stop_reason: choice
                 .get("finish_reason")
@@ -372,7 +409,14 @@ impl Codec for OpenAi {
                 .map(str::to_string),
             input_tokens: tokens("prompt_tokens"),
             output_tokens: tokens("completion_tokens"),
-        })
+        };
+        if completion.is_textless() {
+            return Err(malformed(format!(
+                "choices[0].message.content is empty (finish_reason {})",
+                completion.stop_reason.as_deref().unwrap_or("none")
+            )));
+        }
+        Ok(completion)
     }
 }
 
@@ -592,6 +636,29 @@ mod tests {
         assert!(c.truncated());
         assert_eq!(c.stop_reason.as_deref(), Some("length"));
         assert_eq!(c.output_tokens, Some(4000));
+    }
+
+    #[test]
+    fn a_message_without_text_is_malformed_unless_the_cap_cut_it() {
+        let tool = r#"{"type":"message","content":[{"type":"tool_use","id":"t","name":"noop","input":{}}],"stop_reason":"tool_use"}"#;
+        let Err(CallError::Malformed { message, .. }) = Anthropic.parse(200, tool) else {
+            panic!("a tool call is not an answer")
+        };
+        assert!(message.contains("tool_use"), "{message}");
+        let empty = r#"{"type":"message","content":[],"stop_reason":"end_turn"}"#;
+        assert!(matches!(
+            Anthropic.parse(200, empty),
+            Err(CallError::Malformed { .. })
+        ));
+        let capped = r#"{"type":"message","content":[],"stop_reason":"max_tokens"}"#;
+        assert!(Anthropic.parse(200, capped).unwrap().truncated());
+        let blank = r#"{"choices":[{"index":0,"message":{"role":"assistant","content":""},"finish_reason":"stop"}]}"#;
+        assert!(matches!(
+            OpenAi.parse(200, blank),
+            Err(CallError::Malformed { .. })
+        ));
+        let cut = r#"{"choices":[{"index":0,"message":{"role":"assistant","content":""},"finish_reason":"length"}]}"#;
+        assert!(OpenAi.parse(200, cut).unwrap().truncated());
     }
 
     #[test]

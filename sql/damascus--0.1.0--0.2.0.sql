@@ -235,3 +235,29 @@ COMMENT ON INDEX damascus.tickets_claim_delayed IS 'Claim: unclaimed tickets in 
 CREATE INDEX tickets_claim_held ON damascus.tickets (state, claimed_at)
     WHERE claimed_at IS NOT NULL;
 COMMENT ON INDEX damascus.tickets_claim_held IS 'Claim: claimed tickets by state and claim time, to find claims gone stale';
+
+-- 0.2.0 adds the roles damascus_user and damascus_admin.
+-- Two roles for the two kinds of user (roles are cluster-wide, so they may exist from another database).
+DO $roles$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'damascus_user') THEN
+        CREATE ROLE damascus_user NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'damascus_admin') THEN
+        CREATE ROLE damascus_admin NOLOGIN;
+    END IF;
+END
+$roles$;
+COMMENT ON ROLE damascus_user IS 'damascus: may submit and cancel tickets and read tickets and cycles';
+COMMENT ON ROLE damascus_admin IS 'damascus: what damascus_user may, and change phases, tick, retry, release, approve and reject';
+GRANT damascus_user TO damascus_admin;
+GRANT USAGE ON SCHEMA damascus TO damascus_user;
+GRANT SELECT ON damascus.tickets, damascus.cycles, damascus.phases TO damascus_user;
+GRANT EXECUTE ON FUNCTION damascus_submit(text, text, integer) TO damascus_user;
+GRANT EXECUTE ON FUNCTION damascus_cancel(bigint) TO damascus_user;
+GRANT INSERT, UPDATE, DELETE ON damascus.phases TO damascus_admin;
+GRANT EXECUTE ON FUNCTION damascus_tick() TO damascus_admin;
+GRANT EXECUTE ON FUNCTION damascus_retry(bigint) TO damascus_admin;
+GRANT EXECUTE ON FUNCTION damascus_release(bigint) TO damascus_admin;
+GRANT EXECUTE ON FUNCTION damascus_approve(bigint, text) TO damascus_admin;
+GRANT EXECUTE ON FUNCTION damascus_reject(bigint, text) TO damascus_admin;

@@ -103,3 +103,28 @@ REVOKE EXECUTE ON FUNCTION damascus_release(bigint) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION damascus.check_phase(text, text, integer, text, jsonb, jsonb) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION damascus.check_phase_row() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION damascus.check_pipeline() FROM PUBLIC;
+
+-- Two roles for the two kinds of user (roles are cluster-wide, so they may exist from another database).
+DO $roles$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'damascus_user') THEN
+        CREATE ROLE damascus_user NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'damascus_admin') THEN
+        CREATE ROLE damascus_admin NOLOGIN;
+    END IF;
+END
+$roles$;
+COMMENT ON ROLE damascus_user IS 'damascus: may submit and cancel tickets and read tickets and cycles';
+COMMENT ON ROLE damascus_admin IS 'damascus: what damascus_user may, and change phases, tick, retry, release, approve and reject';
+GRANT damascus_user TO damascus_admin;
+GRANT USAGE ON SCHEMA damascus TO damascus_user;
+GRANT SELECT ON damascus.tickets, damascus.cycles, damascus.phases TO damascus_user;
+GRANT EXECUTE ON FUNCTION damascus_submit(text, text, integer) TO damascus_user;
+GRANT EXECUTE ON FUNCTION damascus_cancel(bigint) TO damascus_user;
+GRANT INSERT, UPDATE, DELETE ON damascus.phases TO damascus_admin;
+GRANT EXECUTE ON FUNCTION damascus_tick() TO damascus_admin;
+GRANT EXECUTE ON FUNCTION damascus_retry(bigint) TO damascus_admin;
+GRANT EXECUTE ON FUNCTION damascus_release(bigint) TO damascus_admin;
+GRANT EXECUTE ON FUNCTION damascus_approve(bigint, text) TO damascus_admin;
+GRANT EXECUTE ON FUNCTION damascus_reject(bigint, text) TO damascus_admin;

@@ -456,9 +456,9 @@ pub struct Lease {
 }
 
 impl Lease {
-    pub fn new(stale_claim_minutes: i32) -> Lease {
+    pub fn new(heartbeat_seconds: i32) -> Lease {
         Lease {
-            every: lease::heartbeat_interval(stale_claim_minutes),
+            every: lease::heartbeat_interval(heartbeat_seconds),
             last: Instant::now(),
         }
     }
@@ -533,7 +533,7 @@ pub fn run_one(ctx: &Rc<Context>, wait: &mut dyn FnMut(Duration) -> Wake) -> (Cy
         Begun::Calling(c) => c,
     };
     let mut calls = vec![calling];
-    let mut lease = Lease::new(ctx.settings.stale_claim_minutes);
+    let mut lease = Lease::new(ctx.settings.heartbeat_seconds);
     loop {
         if let Some(outcome) = calls[0].poll() {
             let Some(c) = calls.pop() else { break };

@@ -1,8 +1,11 @@
 //! Every damascus setting: its name, context, bounds and default, and a snapshot read on the main thread.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString, c_char, c_int, c_void};
 
+use pgrx::prelude::*;
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting, PostgresGucEnum};
+
+use damascus_core::lease;
 
 use damascus_core::wire::Provider;
 
@@ -45,6 +48,12 @@ pub static LLM_MODEL: GucSetting<Option<CString>> =
 
 /// API key (`x-api-key` for Anthropic, `Authorization: Bearer` for OpenAI); superuser-only and hidden, because it is a secret.
 pub static LLM_API_KEY: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
+/// A file the server reads the API key from (its first line); preferred over `LLM_API_KEY`.
+pub static LLM_API_KEY_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
+/// Seconds between two renewals of a worker's live claims.
+pub static HEARTBEAT_SECONDS: GucSetting<i32> = GucSetting::<i32>::new(30);
 
 /// Seconds one LLM call may take, connect to last byte, when its phase sets no timeout_s.
 pub static LLM_TIMEOUT_S: GucSetting<i32> = GucSetting::<i32>::new(300);
@@ -104,16 +113,35 @@ pub fn init() {
         GucContext::Sighup,
         GucFlags::default(),
     );
-    GucRegistry::define_int_guc(
-        c"damascus.stale_claim_minutes",
-        c"Minutes after which a ticket's claim is considered abandoned.",
-        c"A claimed ticket is not claimable again until its claim is older than this window.",
-        &STALE_CLAIM_MINUTES,
-        1,
-        10_080,
-        GucContext::Sighup,
-        GucFlags::UNIT_MIN,
-    );
+    // SAFETY: the hooks are #[pg_guard] functions that only read their argument and these settings.
+    unsafe {
+        GucRegistry::define_int_guc_with_hooks(
+            c"damascus.stale_claim_minutes",
+            c"Minutes after which a ticket's claim is considered abandoned.",
+            c"A claimed ticket is not claimable again until its claim is older than this window; it must be longer than damascus.heartbeat_seconds.",
+            &STALE_CLAIM_MINUTES,
+            1,
+            10_080,
+            GucContext::Sighup,
+            GucFlags::UNIT_MIN,
+            Some(check_stale_claim_minutes),
+            None,
+            None,
+        );
+        GucRegistry::define_int_guc_with_hooks(
+            c"damascus.heartbeat_seconds",
+            c"How often a worker renews the claims of its calls in flight.",
+            c"Must be below the stale window (damascus.stale_claim_minutes), or live claims would go stale between heartbeats.",
+            &HEARTBEAT_SECONDS,
+            1,
+            3600,
+            GucContext::Sighup,
+            GucFlags::UNIT_S,
+            Some(check_heartbeat_seconds),
+            None,
+            None,
+        );
+    }
     GucRegistry::define_enum_guc(
         c"damascus.llm_provider",
         c"Wire format of the LLM API: anthropic (Messages) or openai (Chat Completions).",
@@ -122,14 +150,20 @@ pub fn init() {
         GucContext::Sighup,
         GucFlags::default(),
     );
-    GucRegistry::define_string_guc(
-        c"damascus.llm_url",
-        c"Base URL of the LLM API.",
-        c"Requests go to <llm_url>/v1/messages (anthropic) or <llm_url>/v1/chat/completions (openai).",
-        &LLM_URL,
-        GucContext::Sighup,
-        GucFlags::default(),
-    );
+    // SAFETY: the hook is a #[pg_guard] function that only reads its argument.
+    unsafe {
+        GucRegistry::define_string_guc_with_hooks(
+            c"damascus.llm_url",
+            c"Base URL of the LLM API (http or https).",
+            c"Requests go to <llm_url>/v1/messages (anthropic) or <llm_url>/v1/chat/completions (openai).",
+            &LLM_URL,
+            GucContext::Sighup,
+            GucFlags::default(),
+            Some(check_llm_url),
+            None,
+            None,
+        );
+    }
     GucRegistry::define_string_guc(
         c"damascus.llm_model",
         c"Model name sent to the LLM API when the phase's model column is NULL.",
@@ -138,13 +172,27 @@ pub fn init() {
         GucContext::Sighup,
         GucFlags::default(),
     );
+    // SAFETY: the hook is a #[pg_guard] function that returns a static string.
+    unsafe {
+        GucRegistry::define_string_guc_with_hooks(
+            c"damascus.llm_api_key",
+            c"API key for the LLM API; prefer damascus.llm_api_key_file. When neither is set, the server's ANTHROPIC_API_KEY or OPENAI_API_KEY environment variable is used.",
+            c"Never shown: SHOW and current_setting() give ******** and a fingerprint when it is set.",
+            &LLM_API_KEY,
+            GucContext::Sighup,
+            GucFlags::SUPERUSER_ONLY | GucFlags::NO_SHOW_ALL,
+            None,
+            None,
+            Some(show_secret),
+        );
+    }
     GucRegistry::define_string_guc(
-        c"damascus.llm_api_key",
-        c"API key for the LLM API; when unset, the server's ANTHROPIC_API_KEY or OPENAI_API_KEY environment variable is used.",
-        c"",
-        &LLM_API_KEY,
+        c"damascus.llm_api_key_file",
+        c"File the server reads the LLM API key from (its first line); used instead of damascus.llm_api_key when set.",
+        c"Read by the workers at start and after each reload; make it readable by the server's OS user only.",
+        &LLM_API_KEY_FILE,
         GucContext::Sighup,
-        GucFlags::SUPERUSER_ONLY | GucFlags::NO_SHOW_ALL,
+        GucFlags::SUPERUSER_ONLY,
     );
     GucRegistry::define_int_guc(
         c"damascus.llm_timeout",
@@ -210,6 +258,75 @@ pub fn init() {
     unsafe { pgrx::pg_sys::MarkGUCPrefixReserved(c"damascus".as_ptr()) };
 }
 
+/// Refuses a value with a detail the setter sees, as Postgres' GUC_check_errdetail does.
+fn refuse(detail: &str) -> bool {
+    if let Ok(detail) = CString::new(detail) {
+        // SAFETY: inside a check hook on the main thread; pstrdup copies into the current memory context, and
+        // Postgres reads the string right after the hook returns.
+        unsafe { pg_sys::GUC_check_errdetail_string = pg_sys::pstrdup(detail.as_ptr()) };
+    }
+    false
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn check_llm_url(
+    newval: *mut *mut c_char,
+    _extra: *mut *mut c_void,
+    _source: pg_sys::GucSource::Type,
+) -> bool {
+    // SAFETY: Postgres passes a valid pointer to the candidate value, which may itself be NULL (unset).
+    let value = unsafe {
+        if newval.is_null() || (*newval).is_null() {
+            return true;
+        }
+        CStr::from_ptr(*newval)
+    };
+    match damascus_core::wire::check_base_url(&value.to_string_lossy()) {
+        Ok(()) => true,
+        Err(e) => refuse(&e),
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn check_heartbeat_seconds(
+    newval: *mut c_int,
+    _extra: *mut *mut c_void,
+    _source: pg_sys::GucSource::Type,
+) -> bool {
+    // SAFETY: Postgres passes a valid pointer to the candidate value.
+    let heartbeat = unsafe { *newval };
+    match lease::check_heartbeat(heartbeat, STALE_CLAIM_MINUTES.get()) {
+        Ok(()) => true,
+        Err(e) => refuse(&e),
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn check_stale_claim_minutes(
+    newval: *mut c_int,
+    _extra: *mut *mut c_void,
+    _source: pg_sys::GucSource::Type,
+) -> bool {
+    // SAFETY: Postgres passes a valid pointer to the candidate value.
+    let window = unsafe { *newval };
+    match lease::check_heartbeat(HEARTBEAT_SECONDS.get(), window) {
+        Ok(()) => true,
+        Err(e) => refuse(&e),
+    }
+}
+
+/// What SHOW and current_setting() give for the API key, to everyone (pg_read_all_settings members included).
+#[pg_guard]
+unsafe extern "C-unwind" fn show_secret() -> *const c_char {
+    let shown = CString::new(damascus_core::wire::key_shown(
+        string(&LLM_API_KEY).as_deref(),
+    ))
+    .unwrap_or_default();
+    // SAFETY: Postgres copies the returned string right away; pstrdup puts it in the current memory context,
+    // which outlives that copy.
+    unsafe { pg_sys::pstrdup(shown.as_ptr()) }
+}
+
 fn string(setting: &GucSetting<Option<CString>>) -> Option<String> {
     setting
         .get()
@@ -227,6 +344,24 @@ pub struct Snapshot {
     pub llm: damascus_core::wire::LlmConfig,
     pub llm_max_retries: u32,
     pub llm_max_response_bytes: u64,
+    pub heartbeat_seconds: i32,
+}
+
+/// The first line of `damascus.llm_api_key_file`, when it is set. A file that cannot be read is logged (its
+/// path, never its content) and gives no key, so calls fail with the API's 401 rather than a crash.
+fn key_from_file() -> Option<String> {
+    let path = string(&LLM_API_KEY_FILE)?;
+    match std::fs::read_to_string(&path) {
+        Ok(text) => text
+            .lines()
+            .next()
+            .map(|l| l.trim().to_string())
+            .filter(|k| !k.is_empty()),
+        Err(e) => {
+            warning!("damascus: cannot read damascus.llm_api_key_file {path:?}: {e}");
+            None
+        }
+    }
 }
 
 /// Reads every runtime setting once; the API key falls back to the server's environment.
@@ -235,8 +370,9 @@ pub fn snapshot() -> Snapshot {
         ProviderSetting::Anthropic => (Provider::Anthropic, "ANTHROPIC_API_KEY"),
         ProviderSetting::Openai => (Provider::OpenAi, "OPENAI_API_KEY"),
     };
-    let api_key =
-        string(&LLM_API_KEY).or_else(|| std::env::var(env_key).ok().filter(|k| !k.is_empty()));
+    let api_key = key_from_file()
+        .or_else(|| string(&LLM_API_KEY))
+        .or_else(|| std::env::var(env_key).ok().filter(|k| !k.is_empty()));
     Snapshot {
         naptime_ms: NAPTIME_MS.get().max(10) as u64,
         max_inflight: usize::try_from(MAX_INFLIGHT.get()).unwrap_or(1).max(1),
@@ -250,6 +386,7 @@ pub fn snapshot() -> Snapshot {
         },
         llm_max_retries: u32::try_from(LLM_MAX_RETRIES.get()).unwrap_or(0),
         llm_max_response_bytes: u64::try_from(LLM_MAX_RESPONSE_BYTES.get()).unwrap_or(1024),
+        heartbeat_seconds: HEARTBEAT_SECONDS.get(),
     }
 }
 

@@ -155,7 +155,7 @@ pub extern "C-unwind" fn damascus_worker_main(arg: pg_sys::Datum) {
             lease = None;
         }
         let ctx = Rc::clone(loaded.get_or_insert_with(|| Rc::new(Context::load(worker.clone()))));
-        let lease = lease.get_or_insert_with(|| Lease::new(ctx.settings.stale_claim_minutes));
+        let lease = lease.get_or_insert_with(|| Lease::new(ctx.settings.heartbeat_seconds));
         let naptime = Duration::from_millis(ctx.settings.naptime_ms);
 
         // Verdicts of the calls that finished.

@@ -12,6 +12,8 @@ fn setup() -> std::sync::MutexGuard<'static, ()> {
         "shared_preload_libraries = 'damascus'",
         "damascus.workers = 0",
         "damascus.llm_api_key = 'sk-fake'",
+        // Short, so the tests that wait for a heartbeat do not wait long.
+        "damascus.heartbeat_seconds = 2",
         // Small, so the no-free-slot test can fill it.
         "max_worker_processes = 4",
     ]);
@@ -396,6 +398,8 @@ fn late_verdict_with_a_superseded_token_is_claim_lost() {
     let _g = setup();
     let llm = fresh(Behavior::Slow(Duration::from_secs(3)));
     let _window = set_conf_for_test("damascus.stale_claim_minutes", "5");
+    // Longer than the call, so the late verdict (not a heartbeat) is what finds the claim superseded.
+    let _heartbeat = set_conf_for_test("damascus.heartbeat_seconds", "60");
     let id = submit(&mut client(), "Slow first answer", "body");
 
     // Tick A claims and waits on a slow LLM.
@@ -630,7 +634,8 @@ fn the_api_key_is_sent_but_never_shown() {
     let _g = setup();
     let llm = fresh(Behavior::Good);
     let mut c = client();
-    let _key = set_conf_for_test("damascus.llm_api_key", "sk-test-secret");
+    // Its value never shows, so the guard could not read it back: it restores the cluster's boot key.
+    let _key = ApiKeyGuard::set("sk-test-secret", "sk-fake");
     submit(&mut c, "Keyed", "body");
     tick(&mut c).unwrap();
     assert_eq!(
@@ -646,18 +651,15 @@ fn the_api_key_is_sent_but_never_shown() {
         .get(0);
     assert_eq!(listed, 0, "hidden from pg_settings");
     let shown = c.simple_query("SHOW ALL").unwrap();
-    let text = format!(
-        "{:?}",
-        shown
-            .iter()
-            .filter_map(|m| match m {
-                postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
-                _ => None,
-            })
-            .collect::<Vec<_>>()
-    );
+    let names: Vec<String> = shown
+        .iter()
+        .filter_map(|m| match m {
+            postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .collect();
     assert!(
-        !text.contains("damascus.llm_api_key"),
+        !names.iter().any(|n| n == "damascus.llm_api_key"),
         "hidden from SHOW ALL"
     );
     c.batch_execute("CREATE ROLE damascus_nobody LOGIN")

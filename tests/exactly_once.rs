@@ -20,6 +20,8 @@ fn two_workers_and_four_tick_loops_give_one_accepted_verdict_per_ticket_and_phas
         "damascus.max_inflight = 8",
         "damascus.naptime = 50",
         "damascus.llm_api_key = 'sk-fake'",
+        // Short, so the tests that wait for a heartbeat do not wait long.
+        "damascus.heartbeat_seconds = 2",
         "max_worker_processes = 16",
     ]);
     let llm = fresh(Behavior::Good);

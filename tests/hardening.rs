@@ -217,3 +217,204 @@ fn submit_refuses_null_blank_oversized_and_invalid_bodies() {
     c.query_one("SELECT damascus_submit('t', repeat('é', 50))", &[])
         .unwrap();
 }
+
+/// Runs `sql` as `role` (SET ROLE in this superuser session) and gives the SQLSTATE of a refusal.
+fn as_role(c: &mut Client, role: &str, sql: &str) -> Result<(), String> {
+    c.batch_execute(&format!("SET ROLE {role}")).unwrap();
+    let result = c.batch_execute(sql).map_err(|e| db_error(&e).0);
+    c.batch_execute("RESET ROLE").unwrap();
+    result
+}
+
+/// PUBLIC gets nothing; damascus_user may submit, read tickets and cycles, and cancel; damascus_admin may
+/// also change phases, tick, retry, release, approve and reject.
+#[test]
+fn roles_grant_each_what_it_may_do_and_public_nothing() {
+    let _g = setup();
+    fresh(Behavior::Good);
+    let mut c = client();
+    let _undo = Undo(
+        "DROP ROLE IF EXISTS damascus_test_nobody; DROP ROLE IF EXISTS damascus_test_user;
+         DROP ROLE IF EXISTS damascus_test_admin",
+    );
+    c.batch_execute(
+        "CREATE ROLE damascus_test_nobody; CREATE ROLE damascus_test_user IN ROLE damascus_user;
+         CREATE ROLE damascus_test_admin IN ROLE damascus_admin",
+    )
+    .unwrap();
+    let id = submit(&mut c, "Owned by the tests", "body");
+    // Held by someone, so releasing it is a move the ticket allows (and no tick takes it meanwhile).
+    c.execute(
+        "UPDATE damascus.tickets SET claimed_at = now(), claimed_by = 'someone',
+                claim_token = nextval('damascus.claim_tokens') WHERE id = $1",
+        &[&id],
+    )
+    .unwrap();
+    let user_may = [
+        "SELECT damascus_submit('From a user', 'body')".to_string(),
+        "SELECT count(*) FROM damascus.tickets".to_string(),
+        "SELECT count(*) FROM damascus.cycles".to_string(),
+        "SELECT count(*) FROM damascus.phases".to_string(),
+    ];
+    let admin_may = [
+        "UPDATE damascus.phases SET max_attempts = max_attempts WHERE name = 'implement'"
+            .to_string(),
+        "SELECT * FROM damascus_tick()".to_string(),
+        format!("SELECT damascus_release({id})"),
+    ];
+    for sql in user_may.iter().chain(&admin_may) {
+        assert_eq!(
+            as_role(&mut c, "damascus_test_nobody", sql),
+            Err("42501".to_string()),
+            "PUBLIC: {sql}"
+        );
+    }
+    for sql in &user_may {
+        assert_eq!(as_role(&mut c, "damascus_test_user", sql), Ok(()), "{sql}");
+        assert_eq!(as_role(&mut c, "damascus_test_admin", sql), Ok(()), "{sql}");
+    }
+    for sql in &admin_may {
+        assert_eq!(
+            as_role(&mut c, "damascus_test_user", sql),
+            Err("42501".to_string()),
+            "damascus_user: {sql}"
+        );
+        assert_eq!(as_role(&mut c, "damascus_test_admin", sql), Ok(()), "{sql}");
+    }
+    // Granted, though the ticket is in no state for them: refused for that reason, not for privilege.
+    for sql in [
+        format!("SELECT damascus_retry({id})"),
+        format!("SELECT damascus_approve({id}, 'ok')"),
+        format!("SELECT damascus_reject({id}, 'no')"),
+    ] {
+        assert_eq!(
+            as_role(&mut c, "damascus_test_user", &sql),
+            Err("42501".to_string()),
+            "damascus_user: {sql}"
+        );
+        assert_eq!(
+            as_role(&mut c, "damascus_test_admin", &sql),
+            Err("55000".to_string()),
+            "damascus_admin: {sql}"
+        );
+    }
+    assert_eq!(
+        as_role(
+            &mut c,
+            "damascus_test_user",
+            &format!("SELECT damascus_cancel({id})")
+        ),
+        Ok(())
+    );
+    assert_eq!(ticket(&mut c, id).state, "cancelled");
+}
+
+/// Settings that would break the worker are refused when set, with a message that says what is allowed.
+#[test]
+fn settings_the_worker_cannot_use_are_refused_when_set() {
+    let _g = setup();
+    let mut c = client();
+    let refused = |c: &mut Client, sql: &str| -> (String, String) {
+        let e = c.batch_execute(sql).unwrap_err();
+        let (code, _) = db_error(&e);
+        (code, detail_of(&e))
+    };
+    for url in [
+        "ftp://example.com",
+        "api.anthropic.com",
+        "https://h/?x=1",
+        "",
+    ] {
+        let (code, detail) = refused(
+            &mut c,
+            &format!("ALTER SYSTEM SET damascus.llm_url = '{url}'"),
+        );
+        assert_eq!(code, "22023", "{url}");
+        assert!(
+            detail.contains("must be an http:// or https:// URL"),
+            "{url}: {detail}"
+        );
+    }
+    // The stale window is 30 minutes here: a heartbeat as long is refused, and so is a window below it.
+    let (code, detail) = refused(&mut c, "ALTER SYSTEM SET damascus.heartbeat_seconds = 3600");
+    assert_eq!(code, "22023");
+    assert!(
+        detail.contains("must be below the stale window"),
+        "{detail}"
+    );
+    let (code, _) = refused(&mut c, "ALTER SYSTEM SET damascus.stale_claim_minutes = 0");
+    assert_eq!(code, "22023");
+    for (name, value) in [
+        ("damascus.lock_timeout", "0"),
+        ("damascus.statement_timeout", "-1"),
+        ("damascus.llm_timeout", "0"),
+        ("damascus.llm_provider", "'bard'"),
+    ] {
+        let (code, _) = refused(&mut c, &format!("ALTER SYSTEM SET {name} = {value}"));
+        assert_eq!(code, "22023", "{name} = {value}");
+    }
+    let auto_conf: String = c
+        .query_one(
+            "SELECT pg_read_file(current_setting('data_directory') || '/postgresql.auto.conf')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(
+        !auto_conf.contains("ftp://") && !auto_conf.contains("heartbeat_seconds"),
+        "nothing refused was written: {auto_conf}"
+    );
+}
+
+/// The API key never shows: not to SHOW, current_setting() or pg_settings, not even for roles that may
+/// read every setting. A key in damascus.llm_api_key_file (read by the server) is what the LLM receives.
+#[test]
+fn the_api_key_is_never_shown_and_can_come_from_a_file() {
+    let _g = setup();
+    let llm = fresh(Behavior::Good);
+    let mut c = client();
+    let key_file = "/tmp/damascus-test-api-key";
+    std::fs::write(key_file, "sk-from-the-file\n").unwrap();
+    std::process::Command::new("chown")
+        .args(["postgres", key_file])
+        .status()
+        .unwrap();
+    let _file = set_conf_for_test("damascus.llm_api_key_file", key_file);
+    let _undo = Undo("DROP ROLE IF EXISTS damascus_test_monitor");
+    c.batch_execute("CREATE ROLE damascus_test_monitor IN ROLE pg_read_all_settings, pg_monitor")
+        .unwrap();
+    for role in ["postgres", "damascus_test_monitor"] {
+        c.batch_execute(&format!("SET ROLE {role}")).unwrap();
+        let shown: String = c
+            .query_one("SELECT current_setting('damascus.llm_api_key')", &[])
+            .unwrap()
+            .get(0);
+        assert!(
+            shown.starts_with("******** (sha256 ") && !shown.contains("sk-"),
+            "{role}: {shown}"
+        );
+        let listed: i64 = c
+            .query_one(
+                "SELECT count(*) FROM pg_settings WHERE name = 'damascus.llm_api_key' AND setting LIKE '%sk-%'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(listed, 0, "{role}");
+        c.batch_execute("RESET ROLE").unwrap();
+    }
+    submit(&mut c, "Keyed from a file", "body");
+    tick(&mut c).expect("claimed");
+    assert_eq!(
+        llm.requests()[0].header("x-api-key"),
+        Some("sk-from-the-file")
+    );
+    let stored: i64 = c
+        .query_one(
+            "SELECT count(*) FROM damascus.cycles WHERE answer LIKE '%sk-%' OR detail LIKE '%sk-%'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, 0, "no key in the cycle rows");
+}

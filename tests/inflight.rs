@@ -33,6 +33,8 @@ fn setup() -> Serial {
         "damascus.max_inflight = 8",
         "damascus.naptime = 100",
         "damascus.llm_api_key = 'sk-fake'",
+        // Short, so the tests that wait for a heartbeat do not wait long.
+        "damascus.heartbeat_seconds = 2",
     ]);
     Serial {
         _settled: Settled,

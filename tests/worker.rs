@@ -15,6 +15,8 @@ fn setup() -> std::sync::MutexGuard<'static, ()> {
         "damascus.workers = 1",
         "damascus.naptime = 100",
         "damascus.llm_api_key = 'sk-fake'",
+        // Short, so the tests that wait for a heartbeat do not wait long.
+        "damascus.heartbeat_seconds = 2",
     ]);
     guard
 }

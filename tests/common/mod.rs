@@ -53,9 +53,18 @@ pub fn set_conf(name: &str, value: &str) {
             )
             .unwrap()
             .get(0);
-            (got == value).then_some(())
+            (got == shown(name, value)).then_some(())
         },
     );
+}
+
+/// What SHOW gives for `value` of setting `name`: the API key shows as a fingerprint, never itself.
+fn shown(name: &str, value: &str) -> String {
+    if name == "damascus.llm_api_key" {
+        damascus_core::wire::key_shown(Some(value))
+    } else {
+        value.to_string()
+    }
 }
 
 /// `ALTER SYSTEM RESET` + reload.
@@ -417,4 +426,23 @@ pub fn wait_tickets_in(c: &mut Client, state: &str, n: i64, timeout: Duration) {
     wait_for(&format!("{n} tickets {state}"), timeout, || {
         (tickets_in(c, state) == n).then_some(())
     });
+}
+
+/// The API key for one test, put back to `restore` (the cluster's boot key) however the test ends: its
+/// value never shows, so unlike `ConfGuard` this guard cannot read the previous one.
+pub struct ApiKeyGuard {
+    restore: &'static str,
+}
+
+impl ApiKeyGuard {
+    pub fn set(key: &str, restore: &'static str) -> ApiKeyGuard {
+        set_conf("damascus.llm_api_key", key);
+        ApiKeyGuard { restore }
+    }
+}
+
+impl Drop for ApiKeyGuard {
+    fn drop(&mut self) {
+        set_conf("damascus.llm_api_key", self.restore);
+    }
 }

@@ -2,13 +2,22 @@
 
 use std::time::Duration;
 
-/// Longest gap between two heartbeats of a claim, whatever the stale window.
-pub const MAX_HEARTBEAT: Duration = Duration::from_secs(10);
+/// Whether `heartbeat_seconds` renews a claim before a window of `stale_claim_minutes` makes it stale; the
+/// error says why not. Both settings are checked with it when either is set.
+pub fn check_heartbeat(heartbeat_seconds: i32, stale_claim_minutes: i32) -> Result<(), String> {
+    let window = i64::from(stale_claim_minutes) * 60;
+    if i64::from(heartbeat_seconds) < window {
+        Ok(())
+    } else {
+        Err(format!(
+            "damascus.heartbeat_seconds ({heartbeat_seconds}) must be below the stale window, damascus.stale_claim_minutes ({stale_claim_minutes} min = {window} s), or live claims would go stale between heartbeats"
+        ))
+    }
+}
 
-/// How often a live claim renews its lease: a third of the stale window, at most `MAX_HEARTBEAT`.
-pub fn heartbeat_interval(stale_claim_minutes: i32) -> Duration {
-    let minutes = u64::try_from(stale_claim_minutes.max(1)).unwrap_or(1);
-    Duration::from_secs(minutes * 20).min(MAX_HEARTBEAT)
+/// How often a live claim renews its lease.
+pub fn heartbeat_interval(heartbeat_seconds: i32) -> Duration {
+    Duration::from_secs(u64::try_from(heartbeat_seconds.max(1)).unwrap_or(1))
 }
 
 #[cfg(test)]
@@ -16,17 +25,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn renews_well_inside_the_window() {
-        for minutes in [1, 5, 30, 10_080] {
-            let every = heartbeat_interval(minutes);
-            assert!(
-                every * 3 <= Duration::from_secs(minutes as u64 * 60),
-                "{minutes}: {every:?}"
-            );
-            assert!(every <= MAX_HEARTBEAT);
-        }
-        // Nonsense windows still give a sane interval.
-        assert_eq!(heartbeat_interval(0), heartbeat_interval(1));
-        assert_eq!(heartbeat_interval(-5), heartbeat_interval(1));
+    fn a_heartbeat_must_come_before_the_window_ends() {
+        assert_eq!(check_heartbeat(30, 30), Ok(()));
+        assert_eq!(check_heartbeat(59, 1), Ok(()));
+        let e = check_heartbeat(60, 1).unwrap_err();
+        assert!(e.contains("must be below the stale window"), "{e}");
+        assert!(check_heartbeat(3600, 30).is_err());
+    }
+
+    #[test]
+    fn the_interval_is_the_setting() {
+        assert_eq!(heartbeat_interval(30), Duration::from_secs(30));
+        assert_eq!(heartbeat_interval(0), Duration::from_secs(1));
     }
 }

@@ -13,6 +13,40 @@ pub struct LlmConfig {
     pub timeout: Duration,
 }
 
+/// Whether `url` can be `damascus.llm_url`: an absolute http or https URL with a host and no query or
+/// fragment (the provider's path is appended to it). The error says what is allowed.
+pub fn check_base_url(url: &str) -> Result<(), String> {
+    let allowed = "damascus.llm_url must be an http:// or https:// URL with a host, such as https://api.anthropic.com or http://127.0.0.1:8080";
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or_else(|| format!("{url:?} is not http or https; {allowed}"))?;
+    let host = rest.split('/').next().unwrap_or_default();
+    if host.is_empty() || host.starts_with(':') || host.contains('@') {
+        return Err(format!("{url:?} names no host; {allowed}"));
+    }
+    if url.contains(['?', '#']) || url.chars().any(char::is_whitespace) {
+        return Err(format!(
+            "{url:?} has a query, a fragment or white space; {allowed}"
+        ));
+    }
+    Ok(())
+}
+
+/// How an API key may be shown (SHOW, current_setting): never the key, but a short fingerprint so an
+/// operator can tell which key is loaded (32 bits of a hash reveal nothing usable of a key). Empty when unset.
+pub fn key_shown(key: Option<&str>) -> String {
+    use sha2::Digest;
+    match key {
+        Some(k) if !k.is_empty() => {
+            let digest = sha2::Sha256::digest(k.as_bytes());
+            let hex: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
+            format!("******** (sha256 {hex})")
+        }
+        _ => String::new(),
+    }
+}
+
 impl fmt::Debug for LlmConfig {
     // The key is a secret: it never reaches a log line through Debug.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -659,6 +693,48 @@ mod tests {
         ));
         let cut = r#"{"choices":[{"index":0,"message":{"role":"assistant","content":""},"finish_reason":"length"}]}"#;
         assert!(OpenAi.parse(200, cut).unwrap().truncated());
+    }
+
+    #[test]
+    fn a_key_shows_as_a_fingerprint_never_itself() {
+        let shown = key_shown(Some("sk-ant-secret"));
+        assert!(
+            shown.starts_with("******** (sha256 ") && !shown.contains("sk-"),
+            "{shown}"
+        );
+        assert_eq!(shown.len(), "******** (sha256 12345678)".len());
+        assert_ne!(shown, key_shown(Some("sk-ant-other")));
+        assert_eq!(key_shown(None), "");
+        assert_eq!(key_shown(Some("")), "");
+    }
+
+    #[test]
+    fn only_http_and_https_base_urls_with_a_host_are_allowed() {
+        for ok in [
+            "https://api.anthropic.com",
+            "http://127.0.0.1:8080",
+            "https://gateway.example.com/openai",
+        ] {
+            assert_eq!(check_base_url(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            "ftp://x",
+            "file:///etc/passwd",
+            "api.anthropic.com",
+            "http://",
+            "http://:80",
+            "https://user:pw@host",
+            "https://h/?x=1",
+            "https://h#f",
+            "https://h /v1",
+        ] {
+            let e = check_base_url(bad).unwrap_err();
+            assert!(
+                e.contains("must be an http:// or https:// URL"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

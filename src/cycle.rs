@@ -15,7 +15,7 @@ use crate::guc;
 use crate::store::{self, CallFacts, Claim};
 use damascus_core::lease;
 use damascus_core::llm::{CallOutcome, CallPolicy, InFlight};
-use damascus_core::phase::{Kind, PhaseDef, TicketInput};
+use damascus_core::phase::{Judgement, Kind, PhaseDef, TicketInput};
 
 /// Whether this process has already warned that the API key was refused.
 static WARNED_UNAUTHORIZED: std::sync::atomic::AtomicBool =
@@ -250,6 +250,23 @@ fn release(ctx: &Context, claims: &[(&Claim, Option<i64>)], why: &str) -> HashMa
     }
 }
 
+/// The verdict transaction, fenced by the claim; an ERROR in it is recorded as the cycle's error instead.
+fn write_verdict(
+    ctx: &Context,
+    claim: &Claim,
+    cycle_id: i64,
+    judgement: &Judgement,
+    facts: &CallFacts,
+) -> TickRow {
+    match transaction(|| store::apply_verdict(claim, cycle_id, judgement, facts).or_raise()) {
+        Ok(v) => row(claim, &v.verdict, v.state),
+        Err(e) => {
+            let state = record_error(ctx, claim, Some(cycle_id), &e);
+            row(claim, Kind::Error.generic_name(), state)
+        }
+    }
+}
+
 /// How the claim and phase transactions ended.
 pub enum Begun {
     /// Nothing was claimable.
@@ -335,6 +352,30 @@ fn start(ctx: &Rc<Context>, claim: Claim) -> Begun {
             return Begun::Ended(row(&claim, Kind::Error.generic_name(), state));
         }
     };
+    if let Some(judgement) = phase.exhausted(&start.input) {
+        // No call: record the verdict that fails the ticket, fenced by our claim like any other.
+        let facts = CallFacts {
+            http_status: None,
+            stop_reason: None,
+            input_tokens: None,
+            output_tokens: None,
+            llm_ms: 0,
+            provider: ctx.settings.provider.name().to_string(),
+            model: phase
+                .model
+                .clone()
+                .unwrap_or_else(|| ctx.settings.llm.model.clone()),
+            prompt_sha256: String::new(),
+            answer: None,
+        };
+        return Begun::Ended(write_verdict(
+            ctx,
+            &claim,
+            start.cycle_id,
+            &judgement,
+            &facts,
+        ));
+    }
     // SAFETY: a plain read of the backend's transaction state, on the main thread.
     debug_assert!(!unsafe { pg_sys::IsTransactionState() });
     let mut cfg = ctx.settings.llm.clone();
@@ -415,14 +456,7 @@ impl Calling {
             // Postgres text cannot hold NUL; the answer is kept with it replaced so it can still be read.
             answer: completion.map(|c| c.text.replace('\0', "\u{fffd}")),
         };
-        match transaction(|| store::apply_verdict(&claim, cycle_id, &judgement, &facts).or_raise())
-        {
-            Ok(v) => row(&claim, &v.verdict, v.state),
-            Err(e) => {
-                let state = record_error(&ctx, &claim, Some(cycle_id), &e);
-                row(&claim, Kind::Error.generic_name(), state)
-            }
-        }
+        write_verdict(&ctx, &claim, cycle_id, &judgement, &facts)
     }
 
     /// Stops the call of a claim that was superseded and closes its cycle row as claim_lost.

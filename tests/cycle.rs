@@ -715,9 +715,11 @@ fn the_heartbeat_keeps_a_live_claim_and_notices_a_lost_one() {
     );
     assert_eq!(a.verdict, "claim_lost");
     let t = ticket(&mut c, id);
+    // The attempt counted before the call stays: the claim was taken over, so its holder cannot give it
+    // back (a holder that died is how poison tickets run out of attempts).
     assert_eq!(
         (t.claimed_by.as_deref(), t.state.as_str(), t.attempts),
-        (Some("thief"), "new", 0)
+        (Some("thief"), "new", 1)
     );
     let cy = cycles(&mut c, id);
     assert_eq!(cy[0].verdict.as_deref(), Some("claim_lost"));
@@ -757,7 +759,9 @@ fn soft_state_commits_asynchronously_and_the_verdict_durably() {
          CREATE FUNCTION public.sync_probe() RETURNS trigger LANGUAGE plpgsql AS $$
          BEGIN
            INSERT INTO public.sync_seen VALUES (
-             CASE WHEN TG_TABLE_NAME = 'tickets' AND NEW.claim_token IS NOT NULL THEN 'claim'
+             CASE WHEN TG_TABLE_NAME = 'tickets' AND NEW.claim_token IS NOT NULL
+                       AND OLD.claim_token IS DISTINCT FROM NEW.claim_token THEN 'claim'
+                  WHEN TG_TABLE_NAME = 'tickets' AND NEW.claim_token IS NOT NULL THEN 'phase on ticket'
                   WHEN TG_TABLE_NAME = 'tickets' THEN 'verdict on ticket'
                   WHEN TG_OP = 'INSERT' THEN 'phase'
                   ELSE 'verdict on cycle' END,
@@ -787,6 +791,7 @@ fn soft_state_commits_asynchronously_and_the_verdict_durably() {
         vec![
             pair("claim", "off"),
             pair("phase", "off"),
+            pair("phase on ticket", "off"),
             pair("verdict on cycle", "on"),
             pair("verdict on ticket", "on"),
         ]

@@ -418,3 +418,57 @@ fn the_api_key_is_never_shown_and_can_come_from_a_file() {
         .get(0);
     assert_eq!(stored, 0, "no key in the cycle rows");
 }
+
+/// A ticket whose cycles keep ending without a verdict (here the verdict transaction fails every time, as
+/// when the worker dies there) stops being tried at the phase's max_attempts: the attempt is counted in the
+/// phase transaction, before the call, so the fourth claim fails the ticket without a fourth call.
+#[test]
+fn a_poison_ticket_is_failed_at_max_attempts_without_another_call() {
+    let _g = setup();
+    let llm = fresh(Behavior::Good);
+    let mut c = client();
+    let _undo = Undo(
+        "DROP TRIGGER IF EXISTS refuse_verdicts ON damascus.cycles;
+         DROP FUNCTION IF EXISTS public.refuse_verdicts()",
+    );
+    c.batch_execute(
+        "CREATE FUNCTION public.refuse_verdicts() RETURNS trigger LANGUAGE plpgsql
+             AS $$ BEGIN RAISE EXCEPTION 'poison: the verdict cannot be written'; END $$;
+         CREATE TRIGGER refuse_verdicts BEFORE UPDATE ON damascus.cycles FOR EACH ROW
+         WHEN (OLD.verdict IS NULL AND NEW.verdict IS DISTINCT FROM 'error')
+         EXECUTE FUNCTION public.refuse_verdicts();",
+    )
+    .unwrap();
+    let id = submit(&mut c, "Poison", "body");
+    for attempt in 1..=3 {
+        let row = tick(&mut c).expect("claimed");
+        assert_eq!(
+            (row.ticket_id, row.verdict.as_str()),
+            (id, "error"),
+            "attempt {attempt}"
+        );
+        assert_eq!(
+            ticket(&mut c, id).attempts,
+            attempt,
+            "counted before the call"
+        );
+        // The error keeps the claim; as if the stale window had passed.
+        age_claim(&mut c, id, 60);
+    }
+    let row = tick(&mut c).expect("claimed a fourth time");
+    assert_eq!(
+        (row.ticket_id, row.verdict.as_str(), row.state.as_deref()),
+        (id, "error", Some("failed"))
+    );
+    assert_eq!(llm.request_count(), 3, "no fourth call");
+    let t = ticket(&mut c, id);
+    assert!(
+        t.last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("without a verdict"),
+        "{t:?}"
+    );
+    assert!(!t.claimed);
+    assert_eq!(tick(&mut c), None, "a failed ticket is not tried again");
+}

@@ -311,6 +311,32 @@ impl PhaseDef {
         }
     }
 
+    /// A ticket that has used all its attempts at this phase before this cycle's call (each phase transaction
+    /// counts one, and only a verdict gives it back or moves the ticket on) is failed instead of called again:
+    /// its earlier cycles never reached a verdict, e.g. because the worker died during each call.
+    pub fn exhausted(&self, ticket: &TicketInput) -> Option<Judgement> {
+        if ticket.attempts < self.max_attempts {
+            return None;
+        }
+        let reason = format!(
+            "phase {} started {} times without a verdict that moved the ticket on (max_attempts {}); the worker may have died during each call",
+            self.name, ticket.attempts, self.max_attempts
+        );
+        Some(Judgement {
+            verdict: Kind::Error.generic_name().to_string(),
+            kind: Kind::Error,
+            detail: Some(reason.clone()),
+            effect: Effect::Move(Move {
+                state: FAILED.to_string(),
+                attempts: ticket.attempts.max(0) + 1,
+                rejections: ticket.rejections,
+                feedback: ticket.feedback.clone(),
+                output: None,
+                failure: Some(reason),
+            }),
+        })
+    }
+
     /// Where a content verdict moves the ticket: a verdict listed in `transitions` moves it there and resets
     /// attempts (a `rejected` one also counts toward `max_rejections` and leaves its reasons as feedback);
     /// any other verdict costs an attempt, and the last allowed attempt fails the ticket.
@@ -770,5 +796,21 @@ mod tests {
             };
             assert!(e.refused() && !e.retryable(), "{status}");
         }
+    }
+
+    #[test]
+    fn a_ticket_out_of_attempts_before_its_call_is_failed_without_one() {
+        let p = refine_spec();
+        let mut t = ticket("new");
+        t.attempts = p.max_attempts - 1;
+        assert!(p.exhausted(&t).is_none(), "one attempt left");
+        t.attempts = p.max_attempts;
+        let j = p.exhausted(&t).expect("no attempt left");
+        assert_eq!((j.verdict.as_str(), j.kind), ("error", Kind::Error));
+        let Effect::Move(mv) = &j.effect else {
+            panic!("{:?}", j.effect)
+        };
+        assert_eq!(mv.state, "failed");
+        assert!(mv.failure.as_deref().unwrap().contains("without a verdict"));
     }
 }

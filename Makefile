@@ -7,7 +7,7 @@ TEST_PGDATA ?= /tmp/damascus-test-pgdata
 # Tests that boot Postgres share one cluster per test binary, so they run one at a time.
 export RUST_TEST_THREADS = 1
 
-.PHONY: all deps test lint unit pgtest install install-sql run stop stop-demo bench clean
+.PHONY: all deps test lint unit pgtest install install-sql run stop stop-demo bench soak clean
 
 all: test
 
@@ -52,6 +52,13 @@ stop:
 
 bench: deps stop-demo
 	@PG_CONFIG=$(PG_CONFIG) bench/run.sh
+
+SOAK_TICKETS ?= 10000
+SOAK_SECONDS ?= 600
+# A long run under load (about 11 minutes): 4 workers x 16 in flight, tick loops, 10% LLM faults and one
+# worker killed with kill -9; it checks exactly one accepted verdict per ticket and phase and no open cycle.
+soak: install
+	@bench/soak.sh $(SOAK_TICKETS) $(SOAK_SECONDS)
 
 clean:
 	cargo clean

@@ -271,7 +271,7 @@ OUT="$DIR/soak.out"
     recovery_s "$([ "$RECOVERY_MS" -ge 0 ] && secs "$RECOVERY_MS" || echo -)" \
     workers_back_s "$([ "$WORKERS_BACK_MS" -ge 0 ] && secs "$WORKERS_BACK_MS" || echo -)" \
     llm_requests "$(wc -l < "$DIR/fakellm.log")"
-  awk '$3 == "->" {print $4}' "$DIR/fakellm.log" | sort | uniq -c | awk '{printf "SOAK\tllm_requests.%s\t%s\n", $2, $1}'
+  awk '$3 == "->" {print ($4 == "no" ? "no_answer" : $4)}' "$DIR/fakellm.log" | sort | uniq -c | awk '{printf "SOAK\tllm_requests.%s\t%s\n", $2, $1}'
   printf 'SOAK\t%s\t%s\n' elapsed_s "$(secs "$ELAPSED_MS")"
 } > "$OUT"
 val() { awk -F'\t' -v k="$1" '$2 == k {print $3; exit}' "$OUT"; }

@@ -13,6 +13,7 @@ SELECT :'step' = 'snapshot' AS step_snapshot, :'step' = 'recheck' AS step_rechec
        :'step' = 'report' AS step_report \gset
 
 \if :step_snapshot
+SET client_min_messages = warning;
 CREATE SCHEMA IF NOT EXISTS soak;
 DROP TABLE IF EXISTS soak.suspect_tickets, soak.suspect_cycles;
 CREATE TABLE soak.suspect_tickets AS

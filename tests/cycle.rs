@@ -791,7 +791,6 @@ fn soft_state_commits_asynchronously_and_the_verdict_durably() {
         vec![
             pair("claim", "off"),
             pair("phase", "off"),
-            pair("phase on ticket", "off"),
             pair("verdict on cycle", "on"),
             pair("verdict on ticket", "on"),
         ]

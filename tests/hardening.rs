@@ -420,8 +420,8 @@ fn the_api_key_is_never_shown_and_can_come_from_a_file() {
 }
 
 /// A ticket whose cycles keep ending without a verdict (here the verdict transaction fails every time, as
-/// when the worker dies there) stops being tried at the phase's max_attempts: the attempt is counted in the
-/// phase transaction, before the call, so the fourth claim fails the ticket without a fourth call.
+/// when the worker dies there) stops being tried at the phase's max_attempts: the attempt is counted by the
+/// claim, before the call, so the fourth claim fails the ticket without a fourth call.
 #[test]
 fn a_poison_ticket_is_failed_at_max_attempts_without_another_call() {
     let _g = setup();

@@ -8,7 +8,7 @@
 WITH moved AS (
     UPDATE damascus.tickets AS t
     SET state = CASE WHEN $6 THEN t.state ELSE $7 END,
-        -- A retry (llm_error) gives back the attempt the phase transaction counted.
+        -- A retry (llm_error) gives back the attempt the claim counted.
         attempts = CASE WHEN $6 THEN greatest(t.attempts - 1, 0) ELSE $8 END,
         rejections = CASE WHEN $6 THEN t.rejections ELSE $9 END,
         feedback = CASE WHEN $6 THEN t.feedback ELSE $10 END,

@@ -17,6 +17,9 @@ UPDATE damascus.tickets AS t
 SET claimed_at  = now(),
     claimed_by  = $2,
     claim_token = nextval('damascus.claim_tokens'),
+    -- The attempt is counted here, before the call, so a ticket whose cycles never reach a verdict (its
+    -- worker dies during each call) still runs out of attempts; a verdict that uses none gives it back.
+    attempts    = t.attempts + 1,
     updated_at  = now()
 WHERE t.id = ANY (ARRAY(
     SELECT c.id

@@ -6,8 +6,8 @@ WITH c AS (
 ), released AS (
     UPDATE damascus.tickets AS t
     SET claimed_at = NULL, claimed_by = NULL, claim_token = NULL,
-        -- An interrupted call uses no attempt: give back the one its phase transaction counted.
-        attempts = CASE WHEN c.cycle_id IS NULL THEN t.attempts ELSE greatest(t.attempts - 1, 0) END,
+        -- An interrupted cycle uses no attempt: give back the one its claim counted.
+        attempts = greatest(t.attempts - 1, 0),
         last_verdict = 'interrupted', last_error = $4, updated_at = now()
     FROM c
     WHERE t.id = c.id AND t.claim_token = c.token

@@ -311,7 +311,7 @@ impl PhaseDef {
         }
     }
 
-    /// A ticket that has used all its attempts at this phase before this cycle's call (each phase transaction
+    /// A ticket that has used all its attempts at this phase before this cycle's call (each claim
     /// counts one, and only a verdict gives it back or moves the ticket on) is failed instead of called again:
     /// its earlier cycles never reached a verdict, e.g. because the worker died during each call.
     pub fn exhausted(&self, ticket: &TicketInput) -> Option<Judgement> {

@@ -9,13 +9,7 @@ use common::*;
 use std::time::Duration;
 
 fn setup() -> std::sync::MutexGuard<'static, ()> {
-    let guard = serial();
-    boot(vec![
-        "shared_preload_libraries = 'damascus'",
-        "damascus.workers = 0",
-        "damascus.llm_api_key = 'sk-fake'",
-    ]);
-    guard
+    setup_ticks(&[])
 }
 
 #[test]

@@ -7,17 +7,12 @@ use common::*;
 use std::time::Duration;
 
 fn setup() -> std::sync::MutexGuard<'static, ()> {
-    let guard = serial();
-    boot(vec![
-        "shared_preload_libraries = 'damascus'",
-        "damascus.workers = 0",
-        "damascus.llm_api_key = 'sk-fake'",
+    setup_ticks(&[
         // Short, so the tests that wait for a heartbeat do not wait long.
         "damascus.heartbeat_seconds = 2",
         // Small, so the no-free-slot test can fill it.
         "max_worker_processes = 4",
-    ]);
-    guard
+    ])
 }
 
 /// Twin of the seed's `test_cycle_uses_three_transactions`: one tick commits three separate transactions.

@@ -9,13 +9,7 @@ use common::*;
 use std::time::{Duration, Instant};
 
 fn setup() -> std::sync::MutexGuard<'static, ()> {
-    let guard = serial();
-    boot(vec![
-        "shared_preload_libraries = 'damascus'",
-        "damascus.workers = 0",
-        "damascus.llm_api_key = 'sk-fake'",
-    ]);
-    guard
+    setup_ticks(&[])
 }
 
 /// 429 twice with `retry-after: 1`, then an answer: one cycle, spec_ok, no attempt and no llm_error used,

@@ -8,13 +8,7 @@ use common::*;
 use std::collections::BTreeSet;
 
 fn setup() -> std::sync::MutexGuard<'static, ()> {
-    let guard = serial();
-    boot(vec![
-        "shared_preload_libraries = 'damascus'",
-        "damascus.workers = 0",
-        "damascus.llm_api_key = 'sk-fake'",
-    ]);
-    guard
+    setup_ticks(&[])
 }
 
 /// A connection to another database of the test cluster, as the same user.

@@ -26,6 +26,20 @@ pub fn serial() -> MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Takes the binary's lock and boots its cluster with damascus preloaded, the stand-in's key and no static
+/// worker (every cycle is a manual tick), plus `extra` settings.
+pub fn setup_ticks(extra: &[&'static str]) -> MutexGuard<'static, ()> {
+    let guard = serial();
+    let mut conf = vec![
+        "shared_preload_libraries = 'damascus'",
+        "damascus.workers = 0",
+        "damascus.llm_api_key = 'sk-fake'",
+    ];
+    conf.extend_from_slice(extra);
+    boot(conf);
+    guard
+}
+
 /// The binary's stand-in LLM, started once.
 pub fn llm() -> &'static FakeLlm {
     static LLM: OnceLock<FakeLlm> = OnceLock::new();

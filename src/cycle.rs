@@ -12,6 +12,7 @@ use pgrx::prelude::*;
 
 use crate::error::OrRaise;
 use crate::guc;
+use crate::signals;
 use crate::store::{self, CallFacts, Claim};
 use damascus_core::lease;
 use damascus_core::llm::{CallOutcome, CallPolicy, InFlight};
@@ -232,12 +233,25 @@ fn record_error(
     }
 }
 
+/// How long a stopping worker waits for a lock to give its claims back; a claim it cannot give back goes stale.
+const STOP_LOCK_TIMEOUT: &std::ffi::CStr = c"1s";
+
 /// Gives claims back in one transaction; returns the state of each ticket whose claim was still ours.
 fn release(ctx: &Context, claims: &[(&Claim, Option<i64>)], why: &str) -> HashMap<i64, String> {
     if claims.is_empty() {
         return HashMap::new();
     }
-    match soft_transaction(|| store::release_claims(claims, why).or_raise()) {
+    signals::clear_stale_cancel();
+    match soft_transaction(|| {
+        if signals::stopping() {
+            set_setting(
+                c"lock_timeout",
+                STOP_LOCK_TIMEOUT,
+                pg_sys::GucAction::GUC_ACTION_LOCAL,
+            );
+        }
+        store::release_claims(claims, why).or_raise()
+    }) {
         Ok(rows) => rows.into_iter().collect(),
         Err(e) => {
             warning!(
@@ -250,6 +264,22 @@ fn release(ctx: &Context, claims: &[(&Claim, Option<i64>)], why: &str) -> HashMa
     }
 }
 
+/// After a phase or verdict transaction failed: a worker asked to stop (whose lock wait SIGTERM cancelled)
+/// gives the claim back, using no attempt; otherwise the ERROR is the cycle's verdict.
+fn failed(ctx: &Context, claim: &Claim, cycle_id: Option<i64>, error: &str) -> TickRow {
+    if signals::stopping() {
+        let why = format!("the worker was asked to stop before the verdict was written ({error})");
+        let mut states = release(ctx, &[(claim, cycle_id)], &why);
+        return row(
+            claim,
+            Kind::Interrupted.generic_name(),
+            states.remove(&claim.ticket_id),
+        );
+    }
+    let state = record_error(ctx, claim, cycle_id, error);
+    row(claim, Kind::Error.generic_name(), state)
+}
+
 /// The verdict transaction, fenced by the claim; an ERROR in it is recorded as the cycle's error instead.
 fn write_verdict(
     ctx: &Context,
@@ -260,10 +290,7 @@ fn write_verdict(
 ) -> TickRow {
     match transaction(|| store::apply_verdict(claim, cycle_id, judgement, facts).or_raise()) {
         Ok(v) => row(claim, &v.verdict, v.state),
-        Err(e) => {
-            let state = record_error(ctx, claim, Some(cycle_id), &e);
-            row(claim, Kind::Error.generic_name(), state)
-        }
+        Err(e) => failed(ctx, claim, Some(cycle_id), &e),
     }
 }
 
@@ -329,10 +356,7 @@ fn start(ctx: &Rc<Context>, claim: Claim) -> Begun {
         Ok(None) => {
             return Begun::Ended(row(&claim, Kind::ClaimLost.generic_name(), None));
         }
-        Err(e) => {
-            let state = record_error(ctx, &claim, None, &e);
-            return Begun::Ended(row(&claim, Kind::Error.generic_name(), state));
-        }
+        Err(e) => return Begun::Ended(failed(ctx, &claim, None, &e)),
     };
     let Some(phase_row) = start.phase else {
         // The pipeline changed between claim and phase: give the ticket back at once, so the next claim
@@ -436,8 +460,8 @@ impl Calling {
         {
             // Once per process: every call fails the same way until the key is fixed.
             warning!(
-                "damascus: the LLM API refused the API key (HTTP 401); set damascus.llm_api_key \
-                 (ALTER SYSTEM SET damascus.llm_api_key = '...'; SELECT pg_reload_conf();)"
+                "damascus: the LLM API refused the API key (HTTP 401); put the right key in the file \
+                 damascus.llm_api_key_file names (or in the llm_api_key setting), then SELECT pg_reload_conf()"
             );
         }
         let (http_status, completion) = match &outcome.result {

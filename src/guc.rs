@@ -75,6 +75,7 @@ pub static STATEMENT_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(60_000
 
 /// Registers the settings; called from `_PG_init` in every process that loads the library.
 pub fn init() {
+    install_log_redaction();
     GucRegistry::define_string_guc(
         c"damascus.database",
         c"Database the damascus background workers serve.",
@@ -325,6 +326,66 @@ unsafe extern "C-unwind" fn show_secret() -> *const c_char {
     // SAFETY: Postgres copies the returned string right away; pstrdup puts it in the current memory context,
     // which outlives that copy.
     unsafe { pg_sys::pstrdup(shown.as_ptr()) }
+}
+
+/// The hook that ran before ours, called after we have redacted.
+static mut PREVIOUS_EMIT_LOG_HOOK: pg_sys::emit_log_hook_type = None;
+
+/// Keeps the API key out of the server log and error messages. Postgres itself logs a changed setting with
+/// its value when the configuration is reloaded (`parameter "damascus.llm_api_key" changed to "…"`), logs
+/// statements that set it (`log_statement`, and `STATEMENT:` after an error), and a show hook cannot stop
+/// either. Every field of a message that names the setting is cut after the name, a field holding the key
+/// itself is replaced, and the statement behind a message that names it is not logged. Active in every
+/// process that loads the library, the postmaster included when damascus is in shared_preload_libraries.
+fn install_log_redaction() {
+    // SAFETY: called once per process from _PG_init on the main thread, before any message can reach the
+    // hook; the previous hook is kept and chained.
+    unsafe {
+        PREVIOUS_EMIT_LOG_HOOK = pg_sys::emit_log_hook;
+        pg_sys::emit_log_hook = Some(redact_api_key);
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn redact_api_key(edata: *mut pg_sys::ErrorData) {
+    // A key shorter than this could match ordinary text; such a key is no secret worth the noise.
+    let key = LLM_API_KEY
+        .get()
+        .map(CString::into_bytes)
+        .filter(|k| k.len() >= 8);
+    // SAFETY: Postgres passes the report being emitted; its strings are NUL-terminated or NULL and live in
+    // ErrorContext, the current memory context here, where the replacements are allocated too.
+    unsafe {
+        let e = &mut *edata;
+        for field in [
+            &mut e.message,
+            &mut e.detail,
+            &mut e.detail_log,
+            &mut e.hint,
+            &mut e.context,
+            &mut e.internalquery,
+        ] {
+            if field.is_null() {
+                continue;
+            }
+            let text = std::ffi::CStr::from_ptr(*field).to_bytes();
+            if let Some(new) = damascus_core::wire::redact_key(text, key.as_deref())
+                && let Ok(new) = CString::new(new)
+            {
+                *field = pg_sys::pstrdup(new.as_ptr());
+            }
+        }
+        let stmt = pg_sys::debug_query_string;
+        if !stmt.is_null() {
+            let text = std::ffi::CStr::from_ptr(stmt).to_bytes();
+            if damascus_core::wire::redact_key(text, key.as_deref()).is_some() {
+                e.hide_stmt = true;
+            }
+        }
+        if let Some(previous) = PREVIOUS_EMIT_LOG_HOOK {
+            previous(edata);
+        }
+    }
 }
 
 fn string(setting: &GucSetting<Option<CString>>) -> Option<String> {

@@ -8,6 +8,7 @@ pub mod api;
 pub mod cycle;
 pub mod error;
 pub mod guc;
+pub mod signals;
 pub mod store;
 pub mod tick;
 pub mod worker;

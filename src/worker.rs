@@ -1,8 +1,7 @@
-//! Background worker processes: the static workers' loop and the dynamic tick worker, their signals and latch waits.
+//! Background worker processes: the static workers' loop and the dynamic tick worker, and their latch waits.
 
 use std::ffi::CString;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
@@ -12,11 +11,9 @@ use pgrx::prelude::*;
 use crate::cycle::{self, Begun, Calling, Context, Lease, Wake};
 use crate::error::{OrRaise, SCHEMA_VERSION};
 use crate::guc;
+use crate::signals;
 use crate::store;
 use crate::tick;
-
-/// Set once SIGTERM arrives; pgrx's own flag is consumed when read, this one stays set.
-static STOPPING: AtomicBool = AtomicBool::new(false);
 
 /// Seconds before the postmaster restarts a static worker that died.
 const RESTART_SECS: u64 = 5;
@@ -69,10 +66,7 @@ pub fn wait(timeout: Duration) -> Wake {
         // SAFETY: main thread, no transaction open.
         unsafe { pg_sys::proc_exit(1) };
     }
-    if BackgroundWorker::sigterm_received() {
-        STOPPING.store(true, Ordering::SeqCst);
-    }
-    if STOPPING.load(Ordering::SeqCst) {
+    if signals::stopping() {
         return Wake::Stop;
     }
     // pg_cancel_backend() on a worker cancels its current cycle rather than raising an ERROR
@@ -87,16 +81,15 @@ pub fn wait(timeout: Duration) -> Wake {
     Wake::Continue
 }
 
-fn stopping() -> bool {
-    if BackgroundWorker::sigterm_received() {
-        STOPPING.store(true, Ordering::SeqCst);
-    }
-    STOPPING.load(Ordering::SeqCst)
-}
-
 /// Whether the extension in the worker's database is the one this library runs; `Some(why)` when not
 /// (an empty reason: the check itself failed and was logged).
 fn waiting_for(name: &str, database: &str) -> Option<String> {
+    // SAFETY: main thread, between transactions; a read of shared recovery state.
+    if unsafe { pg_sys::RecoveryInProgress() } {
+        return Some(format!(
+            "database \"{database}\" is on a hot standby, where no cycle can be written; waiting for promotion"
+        ));
+    }
     match cycle::transaction(|| store::extension_version().or_raise()) {
         Ok(Some(v)) if v == SCHEMA_VERSION => None,
         Ok(Some(v)) => Some(format!(
@@ -120,6 +113,7 @@ fn waiting_for(name: &str, database: &str) -> Option<String> {
 pub extern "C-unwind" fn damascus_worker_main(arg: pg_sys::Datum) {
     let n = arg.value() as i32;
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    signals::install();
     let database = guc::database();
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
     let name = format!("damascus worker {n}");
@@ -144,7 +138,7 @@ pub extern "C-unwind" fn damascus_worker_main(arg: pg_sys::Datum) {
     // Nothing was claimable: do not look again before this, unless a verdict may have made work.
     let mut idle_until: Option<Instant> = None;
     let mut shown_inflight = usize::MAX;
-    while !stopping() {
+    while !signals::stopping() {
         if BackgroundWorker::sighup_received() {
             // SAFETY: main thread, between transactions, as the postmaster's own loops do it.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
@@ -201,7 +195,7 @@ pub extern "C-unwind" fn damascus_worker_main(arg: pg_sys::Datum) {
             idle_until = None;
             // One claim transaction for all the room there is; a short batch means nothing more is claimable.
             let want = ctx.settings.max_inflight.saturating_sub(calls.len());
-            if want > 0 && !stopping() {
+            if want > 0 && !signals::stopping() {
                 let begun = cycle::begin_many(&ctx, want);
                 let mut claimed = 0;
                 for b in begun {
@@ -278,6 +272,7 @@ const CALLER_CHECK: Duration = Duration::from_secs(1);
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn damascus_tick_main(arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    signals::install();
     let Some(slot) = tick::WorkerSlot::attach(arg) else {
         log!("damascus tick: the caller went away before the worker started");
         return;

@@ -413,11 +413,11 @@ fn the_api_key_is_never_shown_and_can_come_from_a_file() {
     assert_eq!(stored, 0, "no key in the cycle rows");
 }
 
-/// A ticket whose cycles keep ending without a verdict (here the verdict transaction fails every time, as
-/// when the worker dies there) stops being tried at the phase's max_attempts: the attempt is counted by the
-/// claim, before the call, so the fourth claim fails the ticket without a fourth call.
+/// A ticket whose cycles keep ending without a verdict (here the verdict transaction fails every time) stops
+/// being tried at the phase's max_attempts: the attempt is counted by the claim, before the call, and the error
+/// that used the last one fails the ticket with that error as the reason.
 #[test]
-fn a_poison_ticket_is_failed_at_max_attempts_without_another_call() {
+fn a_ticket_whose_verdict_always_fails_is_failed_at_max_attempts() {
     let _g = setup();
     let llm = fresh(Behavior::Good);
     let mut c = client();
@@ -434,35 +434,157 @@ fn a_poison_ticket_is_failed_at_max_attempts_without_another_call() {
     )
     .unwrap();
     let id = submit(&mut c, "Poison", "body");
+    assert_poisoned(&mut c, id, "poison: the verdict cannot be written");
+    assert_eq!(llm.request_count(), 3, "one call per attempt");
+}
+
+/// The same when it is the phase transaction, before the call, that fails every time: no call is ever made,
+/// and the third error fails the ticket.
+#[test]
+fn a_ticket_whose_phase_transaction_always_fails_is_failed_at_max_attempts() {
+    let _g = setup();
+    let llm = fresh(Behavior::Good);
+    let mut c = client();
+    let _undo = Undo(
+        "DROP TRIGGER IF EXISTS refuse_phases ON damascus.cycles;
+         DROP FUNCTION IF EXISTS public.refuse_phases()",
+    );
+    c.batch_execute(
+        "CREATE FUNCTION public.refuse_phases() RETURNS trigger LANGUAGE plpgsql
+             AS $$ BEGIN RAISE EXCEPTION 'poison: the phase cannot start'; END $$;
+         CREATE TRIGGER refuse_phases BEFORE INSERT ON damascus.cycles FOR EACH ROW
+         WHEN (NEW.verdict IS NULL)
+         EXECUTE FUNCTION public.refuse_phases();",
+    )
+    .unwrap();
+    let id = submit(&mut c, "Poisoned phase", "body");
+    assert_poisoned(&mut c, id, "poison: the phase cannot start");
+    assert_eq!(llm.request_count(), 0, "no call without a phase row");
+}
+
+/// Ticks `id` through three cycles that end in `error`: the first two keep the ticket (claimed until the stale
+/// window, here aged), the third fails it with the error as the reason; nothing claims it afterwards.
+fn assert_poisoned(c: &mut Client, id: i64, error: &str) {
     for attempt in 1..=3 {
-        let row = tick(&mut c).expect("claimed");
+        let row = tick(c).expect("claimed");
+        let t = ticket(c, id);
         assert_eq!(
             (row.ticket_id, row.verdict.as_str()),
             (id, "error"),
-            "attempt {attempt}"
+            "attempt {attempt}: {t:?}"
         );
-        assert_eq!(
-            ticket(&mut c, id).attempts,
-            attempt,
-            "counted before the call"
+        assert_eq!(t.attempts, attempt, "counted before the call");
+        assert!(
+            t.last_error.as_deref().unwrap_or_default().contains(error),
+            "{t:?}"
         );
-        // The error keeps the claim; as if the stale window had passed.
-        age_claim(&mut c, id, 60);
+        if attempt < 3 {
+            assert_eq!(
+                (row.state.as_deref(), t.state.as_str()),
+                (Some("new"), "new")
+            );
+            assert!(t.claimed, "an error keeps the claim until the stale window");
+            age_claim(c, id, 60);
+        } else {
+            assert_eq!(
+                (row.state.as_deref(), t.state.as_str()),
+                (Some("failed"), "failed")
+            );
+            assert!(!t.claimed, "{t:?}");
+            assert!(
+                t.last_error
+                    .as_deref()
+                    .unwrap_or_default()
+                    .contains("failed after 3 attempts ending without a verdict"),
+                "{t:?}"
+            );
+        }
     }
-    let row = tick(&mut c).expect("claimed a fourth time");
-    assert_eq!(
-        (row.ticket_id, row.verdict.as_str(), row.state.as_deref()),
-        (id, "error", Some("failed"))
+    let errors: i64 = c
+        .query_one(
+            "SELECT count(*) FROM damascus.cycles WHERE ticket_id = $1 AND verdict = 'error'",
+            &[&id],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(errors, 3, "one cycle row per attempt");
+    assert_eq!(tick(c), None, "a failed ticket is not tried again");
+}
+
+/// SIGTERM reaches a worker that waits for a lock inside a transaction: the wait is cancelled and the worker
+/// exits within a couple of seconds, not at damascus.lock_timeout (two minutes here). The verdict it could not
+/// write is not half-written: the ticket keeps its claim until the stale window and then completes.
+#[test]
+fn sigterm_ends_a_workers_wait_on_a_lock() {
+    let _g = setup();
+    let _lock = set_conf_for_test("damascus.lock_timeout", "120000");
+    let llm = fresh(Behavior::Slow(Duration::from_secs(2)));
+    let mut c = client();
+    let id = submit(&mut c, "Terminated while waiting", "body");
+    let caller = std::thread::spawn(|| {
+        let started = Instant::now();
+        let result = client()
+            .query("SELECT * FROM damascus_tick()", &[])
+            .map(|_| ());
+        (result, started.elapsed())
+    });
+    wait_for("the call to be in flight", Duration::from_secs(10), || {
+        cycles(&mut c, id).first().map(|_| ())
+    });
+    // The verdict will wait for this row lock once the call answers.
+    let mut holder = client();
+    holder
+        .batch_execute(&format!(
+            "BEGIN; SELECT 1 FROM damascus.tickets WHERE id = {id} FOR UPDATE"
+        ))
+        .unwrap();
+    let pid: i32 = wait_for(
+        "the tick worker to wait on the row lock",
+        Duration::from_secs(20),
+        || {
+            c.query_opt(
+                "SELECT pid FROM pg_stat_activity
+                 WHERE application_name = 'damascus tick' AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .unwrap()
+            .map(|r| r.get(0))
+        },
     );
-    assert_eq!(llm.request_count(), 3, "no fourth call");
-    let t = ticket(&mut c, id);
+    let terminated = Instant::now();
+    c.query_one("SELECT pg_terminate_backend($1)", &[&pid])
+        .unwrap();
+    wait_for("the tick worker to exit", Duration::from_secs(30), || {
+        c.query_opt("SELECT 1 FROM pg_stat_activity WHERE pid = $1", &[&pid])
+            .unwrap()
+            .is_none()
+            .then_some(())
+    });
+    let gone = terminated.elapsed();
+    let (result, _) = caller.join().unwrap();
+    holder.batch_execute("ROLLBACK").unwrap();
     assert!(
-        t.last_error
-            .as_deref()
-            .unwrap_or_default()
-            .contains("without a verdict"),
-        "{t:?}"
+        gone < Duration::from_secs(10),
+        "the worker exited {gone:?} after SIGTERM; the lock timeout is 120 s"
     );
-    assert!(!t.claimed);
-    assert_eq!(tick(&mut c), None, "a failed ticket is not tried again");
+    if let Err(e) = &result {
+        panic!("the caller gets the tick's row, not an error: {e}");
+    }
+    let t = ticket(&mut c, id);
+    assert_eq!(t.state, "new", "{t:?}");
+    assert_eq!(t.spec, None, "no verdict was written");
+    assert!(
+        t.claimed,
+        "the row was locked, so the claim waits for the stale window"
+    );
+    // As if the stale window had passed: the ticket completes, with one accepted verdict.
+    llm.set_behavior(Behavior::Good);
+    age_claim(&mut c, id, 60);
+    let row = tick(&mut c).expect("claimed again");
+    assert_eq!((row.ticket_id, row.verdict.as_str()), (id, "spec_ok"));
+    let accepted = cycles(&mut c, id)
+        .iter()
+        .filter(|y| y.verdict.as_deref() == Some("spec_ok"))
+        .count();
+    assert_eq!(accepted, 1);
 }

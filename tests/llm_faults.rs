@@ -95,12 +95,11 @@ fn requests_the_api_refuses_for_good_are_llm_rejected_and_cost_an_attempt() {
 }
 
 /// Answers that are not answers: not JSON (an HTML page), JSON of another shape, bytes that are not UTF-8,
-/// no text, only a block of an unexpected type, a body over damascus.llm_max_response_bytes. Each is
+/// no text, only a block of an unexpected type, a 100 MiB body over damascus.llm_max_response_bytes (8 MB). Each is
 /// llm_bad_response with a detail, costs an attempt, and the next tick works.
 #[test]
 fn answers_that_are_not_answers_are_llm_bad_response() {
     let _g = setup();
-    let _cap = set_conf_for_test("damascus.llm_max_response_bytes", "1048576");
     let mut c = client();
     for marker in [
         "garbage",
@@ -108,7 +107,8 @@ fn answers_that_are_not_answers_are_llm_bad_response() {
         "not-utf8",
         "empty-content",
         "odd-block",
-        "huge=20",
+        // 100 MiB against the default cap of 8 MB: the rest is never read.
+        "huge=100",
     ] {
         fresh(Behavior::Good);
         let id = submit(&mut c, "Bad answer", &format!("body [fakellm:{marker}]"));
@@ -163,4 +163,38 @@ fn an_answer_that_never_ends_is_cut_off_by_the_timeout() {
         started.elapsed()
     );
     assert_eq!(ticket(&mut c, id).attempts, 0);
+}
+
+/// A host name that does not resolve (DNS failure) is a transport failure like a refused connection:
+/// llm_error with the reason, no attempt used, the ticket backs off, and nothing reaches any server.
+#[test]
+fn a_host_name_that_does_not_resolve_is_llm_error() {
+    let _g = setup();
+    let llm = fresh(Behavior::Good);
+    let _url = set_conf_for_test(
+        "damascus.llm_url",
+        "http://no-such-host.invalid:9/v1/messages",
+    );
+    let _retries = set_conf_for_test("damascus.llm_max_retries", "0");
+    let mut c = client();
+    let id = submit(&mut c, "Unresolvable", "body");
+    let started = Instant::now();
+    let row = tick(&mut c).expect("claimed");
+    assert_eq!((row.ticket_id, row.verdict.as_str()), (id, "llm_error"));
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "name resolution has its own bound: {:?}",
+        started.elapsed()
+    );
+    let t = ticket(&mut c, id);
+    assert_eq!(
+        (t.attempts, t.llm_errors, t.claimed),
+        (0, 1, false),
+        "{t:?}"
+    );
+    assert!(t.not_before_secs.unwrap_or_default() > 0.0, "{t:?}");
+    let detail = cycles(&mut c, id)[0].detail.clone().unwrap_or_default();
+    assert!(!detail.is_empty(), "a detail says why");
+    eprintln!("DNS failure detail: {detail}");
+    assert_eq!(llm.request_count(), 0);
 }

@@ -47,6 +47,52 @@ pub fn key_shown(key: Option<&str>) -> String {
     }
 }
 
+/// The API key setting's name as it appears in messages; `_file` after it names the other, harmless setting.
+const KEY_NAME: &[u8] = b"llm_api_key";
+
+/// Where a text names the API key setting (not `llm_api_key_file`): the end of the first such name.
+fn names_key_at(text: &[u8]) -> Option<usize> {
+    let mut from = 0;
+    while let Some(i) = text[from..]
+        .windows(KEY_NAME.len())
+        .position(|w| w.eq_ignore_ascii_case(KEY_NAME))
+    {
+        let end = from + i + KEY_NAME.len();
+        if !text[end..].starts_with(b"_file") {
+            return Some(end);
+        }
+        from = end;
+    }
+    None
+}
+
+/// What a log message's text becomes so it cannot leak the API key: `None` to keep it; with `key` itself
+/// replaced by its fingerprint ([`key_shown`]) when it holds the key; else cut after the setting's name when it
+/// names the setting (another value may follow, quoted or not). Keys shorter than 8 bytes are not looked for
+/// (they would match ordinary words).
+pub fn redact_key(text: &[u8], key: Option<&[u8]>) -> Option<Vec<u8>> {
+    if let Some(key) = key.filter(|k| k.len() >= 8)
+        && text.windows(key.len()).any(|w| w == key)
+    {
+        let shown = key_shown(Some(&String::from_utf8_lossy(key)));
+        let mut out = Vec::with_capacity(text.len());
+        let mut rest = text;
+        while let Some(i) = rest.windows(key.len()).position(|w| w == key) {
+            out.extend_from_slice(&rest[..i]);
+            out.extend_from_slice(shown.as_bytes());
+            rest = &rest[i + key.len()..];
+        }
+        out.extend_from_slice(rest);
+        return Some(out);
+    }
+    let end = names_key_at(text)?;
+    let mut out = text[..end].to_vec();
+    out.extend_from_slice(
+        " \u{2026} (the rest is hidden by damascus: it may hold the API key)".as_bytes(),
+    );
+    Some(out)
+}
+
 impl fmt::Debug for LlmConfig {
     // The key is a secret: it never reaches a log line through Debug.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -456,6 +502,40 @@ impl Codec for OpenAi {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn messages_naming_or_holding_the_key_are_redacted() {
+        let cut = |t: &str| {
+            redact_key(t.as_bytes(), Some(b"sk-secret-123")).map(|v| String::from_utf8(v).unwrap())
+        };
+        let changed = cut(r#"parameter "damascus.llm_api_key" changed to "sk-other-456""#).unwrap();
+        assert!(
+            changed.starts_with(r#"parameter "damascus.llm_api_key"#),
+            "{changed}"
+        );
+        assert!(!changed.contains("sk-other-456"), "{changed}");
+        let stmt = cut("statement: SET DAMASCUS.LLM_API_KEY TO unquoted_key").unwrap();
+        assert!(!stmt.contains("unquoted_key"), "{stmt}");
+        let shown = key_shown(Some("sk-secret-123"));
+        assert_eq!(
+            cut(r#"parameter "damascus.llm_api_key" changed to "sk-secret-123""#),
+            Some(format!(
+                r#"parameter "damascus.llm_api_key" changed to "{shown}""#
+            ))
+        );
+        assert_eq!(
+            cut("bearer sk-secret-123 or sk-secret-123").unwrap(),
+            format!("bearer {shown} or {shown}")
+        );
+        assert_eq!(
+            cut(r#"parameter "damascus.llm_api_key_file" changed to "/etc/key""#),
+            None
+        );
+        assert!(cut("damascus.llm_api_key_file or damascus.llm_api_key = 'x'").is_some());
+        assert_eq!(cut("an ordinary message"), None);
+        // A short key is not looked for in ordinary text.
+        assert_eq!(redact_key(b"a message about keys", Some(b"key")), None);
+    }
+
     use super::*;
 
     fn cfg() -> LlmConfig {

@@ -184,6 +184,64 @@ fn a_tick_whose_caller_is_terminated_gives_its_claim_back() {
     llm.set_behavior(Behavior::Good);
 }
 
+/// A tick is tied to its caller's client too: with `client_connection_check_interval` set, a client that
+/// disappears mid-call (psql killed with SIGKILL, its socket closed by the kernel) is noticed by the caller,
+/// which exits, and the tick worker then stops the call and gives the claim back.
+#[test]
+fn a_tick_whose_client_disconnects_gives_its_claim_back() {
+    let _g = setup();
+    let llm = fresh(Behavior::Hang);
+    let mut c = client();
+    let id = submit(&mut c, "Client gone", "body");
+    let r = c
+        .query_one(
+            "SELECT current_setting('port'), current_user::text, current_database()::text",
+            &[],
+        )
+        .unwrap();
+    let (port, user, db): (String, String, String) = (r.get(0), r.get(1), r.get(2));
+    let mut psql = std::process::Command::new("psql")
+        .args([
+            "-X",
+            "-q",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-U",
+            &user,
+            "-d",
+            &db,
+        ])
+        .args(["-c", "SET client_connection_check_interval = '500ms'"])
+        .args(["-c", "SELECT * FROM damascus_tick()"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("psql runs");
+    wait_for("the call to be in flight", Duration::from_secs(10), || {
+        cycles(&mut c, id).first().map(|_| ())
+    });
+    psql.kill().unwrap();
+    psql.wait().unwrap();
+    let started = Instant::now();
+    wait_for(
+        "the claim to be given back",
+        Duration::from_secs(15),
+        || (!ticket(&mut c, id).claimed).then_some(()),
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        cycles(&mut c, id)[0].verdict.as_deref(),
+        Some("interrupted")
+    );
+    llm.set_behavior(Behavior::Good);
+}
+
 /// NULL, blank, oversized and invalidly encoded bodies are refused with a SQLSTATE and nothing is written.
 #[test]
 fn submit_refuses_null_blank_oversized_and_invalid_bodies() {

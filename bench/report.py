@@ -110,7 +110,7 @@ def main():
         p(f"| {label} | {claims[depth][0]:.3f} | {claims[depth][1]:.3f} |")
     p("")
     for idle, busy in rows(a.damascus, "TICK"):
-        p("## damascus_tick() latency (pgbench, 200 calls, 1 client; a dynamic background worker per call)")
+        p("## damascus_tick() latency (pgbench, 200 calls, 1 client; a dynamic background worker per call that finds work; none when there is nothing to claim)")
         p("")
         p(f"- nothing to claim: {idle} ms")
         p(f"- one full cycle (claim, phase, call, verdict): {busy} ms")

@@ -339,7 +339,20 @@ create_extension() {
   else
     info "database '$DB' exists"
   fi
+  # A version is frozen only once released: while the installed script of this version differs from the one
+  # this database was created with (an earlier make run of unreleased work), create the extension afresh.
+  local script sum
+  script="$("$PG_CONFIG" --sharedir)/extension/damascus--$(sed -n "s/^default_version = '\(.*\)'/\1/p" \
+    "$("$PG_CONFIG" --sharedir)/extension/damascus.control").sql"
+  sum="$(md5sum "$script" | cut -d' ' -f1)"
+  if [ "$(cat "$RUN_DIR/extension.md5" 2>/dev/null)" != "$sum" ] &&
+    [ "$(sql -d "$DB" -tAc "SELECT 1 FROM pg_extension WHERE extname = 'damascus'")" = 1 ]; then
+    warn "the install script of this damascus version changed since '$DB' was created (unreleased work):"
+    warn "creating the extension afresh; the demo's tickets and cycles are dropped."
+    sql -d "$DB" -c "SET client_min_messages = warning; DROP EXTENSION damascus CASCADE"
+  fi
   sql -d "$DB" -c "SET client_min_messages = warning; CREATE EXTENSION IF NOT EXISTS damascus"
+  echo "$sum" >"$RUN_DIR/extension.md5"
   # A cluster from an earlier make run may have an older version: bring it up to the installed library.
   sql -d "$DB" -c "SET client_min_messages = warning; ALTER EXTENSION damascus UPDATE"
   info "extension damascus $(sql -d "$DB" -tAc "SELECT extversion FROM pg_extension WHERE extname = 'damascus'") is created"
@@ -391,20 +404,53 @@ EOF
   fi
 }
 
+# One frame of the live view: progress toward done, the queue by state, calls in flight, the last cycles.
+live_frame() {
+  local ids="$1" elapsed="$2"
+  watch_sql -tA -F ' ' -c "
+    SELECT format('damascus live, %ss: %s of %s sample tickets finished (done %s, failed %s)  [%s%s]',
+                  $elapsed, count(*) FILTER (WHERE state IN ('done', 'failed', 'cancelled')), count(*),
+                  count(*) FILTER (WHERE state = 'done'), count(*) FILTER (WHERE state = 'failed'),
+                  repeat('#', (20 * count(*) FILTER (WHERE state IN ('done', 'failed', 'cancelled')) / greatest(count(*), 1))::int),
+                  repeat('.', 20 - (20 * count(*) FILTER (WHERE state IN ('done', 'failed', 'cancelled')) / greatest(count(*), 1))::int))
+    FROM damascus.tickets WHERE id = ANY ('$ids'::bigint[])"
+  printf '%s\n' "queue (damascus.queue):"
+  watch_sql -tA -F ' ' -c "
+    SELECT format('  %-12s %-12s %3s tickets  %2s claimed  %2s waiting  %2s backing off',
+                  q.state, coalesce(q.phase, '-'), q.tickets, q.claimed, q.waiting, q.backing_off)
+    FROM damascus.queue AS q
+    ORDER BY coalesce((SELECT p.position FROM damascus.phases AS p WHERE p.name = q.phase), 1000), q.state"
+  printf '%s\n' "in flight (damascus.worker_status):"
+  watch_sql -tA -F ' ' -c "
+    SELECT format('  %s: %s', w.worker,
+                  coalesce((SELECT string_agg(format('ticket %s %s (%s s)', c->>'ticket_id', c->>'phase', c->>'seconds'), ', ')
+                            FROM jsonb_array_elements(w.calls) AS c), 'idle'))
+    FROM damascus.worker_status AS w ORDER BY w.pid"
+  printf '%s\n' "last cycles (damascus.cycles):"
+  watch_sql -tA -F ' ' -c "
+    SELECT format('  #%s ticket %s %-11s %-16s %s ms', y.id, y.ticket_id, y.phase, coalesce(y.verdict, '(running)'),
+                  coalesce(y.llm_ms::text, '-'))
+    FROM (SELECT * FROM damascus.cycles WHERE ticket_id = ANY ('$ids'::bigint[]) ORDER BY id DESC LIMIT 6) AS y
+    ORDER BY y.id"
+}
+
+# The live view: redrawn in place every second on a terminal, printed when it changes otherwise (a log, CI).
 watch_tickets() {
   local limit
   if [ "$LLM_KIND" = fake ]; then limit="${DAMASCUS_WATCH_SECONDS:-60}"; else limit="${DAMASCUS_WATCH_SECONDS:-300}"; fi
-  step "Watching the worker move them (every second, up to ${limit}s; printed on change)"
-  local ids="{$TICKET_IDS}" prev="" now open t0=$SECONDS
+  step "Watching the workers move them (live, up to ${limit}s)"
+  local ids="{$TICKET_IDS}" prev="" frame open t0=$SECONDS lines=0 tty=0
+  [ -t 1 ] && tty=1
   while :; do
-    now="$(watch_sql -P footer=off -c "
-      SELECT id, left(title, 34) AS title, state, attempts, rejections, coalesce(last_verdict, '') AS last_verdict,
-             coalesce(claimed_by, '') AS claimed_by
-      FROM damascus.tickets WHERE id = ANY ('$ids'::bigint[]) ORDER BY id")"
-    if [ "$now" != "$prev" ]; then
-      printf '\n    after %ss:\n' "$((SECONDS - t0))"
-      sed '/^ *$/d; s/^/    /' <<<"$now"
-      prev="$now"
+    frame="$(live_frame "$ids" "$((SECONDS - t0))")"
+    if [ "$tty" = 1 ]; then
+      [ "$lines" -gt 0 ] && printf '\033[%dA\033[J' "$lines"
+      sed 's/^/    /' <<<"$frame"
+      lines="$(wc -l <<<"$frame")"
+    elif [ "$(sed 1d <<<"$frame")" != "$prev" ]; then
+      printf '\n'
+      sed 's/^/    /' <<<"$frame"
+      prev="$(sed 1d <<<"$frame")"
     fi
     open="$(watch_sql -tAc "SELECT count(*) FROM damascus.tickets
                                WHERE id = ANY ('$ids'::bigint[]) AND state NOT IN ('done', 'failed', 'cancelled')")"
@@ -422,11 +468,17 @@ watch_tickets() {
     sleep 1
   done
 
+  printf '\n    The tickets:\n'
+  sql -d "$DB" -P footer=off -c "
+    SELECT id, left(title, 34) AS title, state, attempts, rejections, coalesce(last_verdict, '') AS last_verdict
+    FROM damascus.tickets WHERE id = ANY ('$ids'::bigint[]) ORDER BY id" | sed '/^ *$/d; s/^/    /'
   printf '\n    Cycles that ran on them (damascus.cycles; each cycle is three committed transactions):\n'
   sql -d "$DB" -P footer=off -c "
     SELECT id, ticket_id, phase, attempt, coalesce(verdict, '(running)') AS verdict, claim_xid, phase_xid, verdict_xid,
            llm_ms, left(coalesce(detail, ''), 40) AS detail
     FROM damascus.cycles WHERE ticket_id = ANY ('$ids'::bigint[]) ORDER BY id" | sed '/^ *$/d; s/^/    /'
+  printf '\n    What damascus_analyze() makes of it:\n'
+  sql -d "$DB" -P footer=off -c "SELECT severity, finding FROM damascus_analyze()" | sed '/^ *$/d; s/^/    /'
 }
 
 # sql for the watch loop: if the server went away under us, say so with the log instead of a bare psql error.
@@ -468,6 +520,8 @@ print_howto() {
     Try:
       SELECT damascus_submit('Add a logout button', 'POST /logout ends the session and redirects to /');
       SELECT * FROM damascus_tick();      -- run one cycle now, in addition to the background worker
+      SELECT * FROM damascus.queue;       -- and damascus.phase_stats, damascus.worker_status
+      SELECT * FROM damascus_analyze();   -- findings with evidence and a hint
       SELECT id, state, last_verdict FROM damascus.tickets;
       SELECT ticket_id, phase, verdict, llm_ms, detail FROM damascus.cycles ORDER BY id DESC LIMIT 5;
       SELECT name, from_state, transitions, max_tokens FROM damascus.phases ORDER BY position;

@@ -77,8 +77,8 @@ VALUES
 
 COMMENT ON FUNCTION damascus_submit(text, text, integer) IS
     'Queues a ticket in state new and returns its id; title must not be blank';
-COMMENT ON FUNCTION damascus_tick() IS
-    'Runs one cycle now in a background worker and returns its ticket, phase, verdict and state (no row if nothing was claimable)';
+COMMENT ON FUNCTION damascus_tick(integer, integer) IS
+    'Runs up to max_cycles cycles now (in flight together, within max_seconds when given) in a background worker; one row per cycle: ticket, phase, verdict, state (none if nothing was claimable)';
 COMMENT ON FUNCTION damascus_approve(bigint, text) IS
     'Approves a ticket waiting at an approval phase: applies its transition for verdict approved; returns the new state';
 COMMENT ON FUNCTION damascus_reject(bigint, text) IS
@@ -94,7 +94,7 @@ COMMENT ON FUNCTION damascus.check_phase(text, text, integer, text, jsonb, jsonb
 
 -- Least privilege: only roles an administrator grants may queue work, spend LLM calls or move tickets.
 REVOKE EXECUTE ON FUNCTION damascus_submit(text, text, integer) FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION damascus_tick() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION damascus_tick(integer, integer) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION damascus_approve(bigint, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION damascus_reject(bigint, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION damascus_retry(bigint) FROM PUBLIC;
@@ -123,8 +123,199 @@ GRANT SELECT ON damascus.tickets, damascus.cycles, damascus.phases TO damascus_u
 GRANT EXECUTE ON FUNCTION damascus_submit(text, text, integer) TO damascus_user;
 GRANT EXECUTE ON FUNCTION damascus_cancel(bigint) TO damascus_user;
 GRANT INSERT, UPDATE, DELETE ON damascus.phases TO damascus_admin;
-GRANT EXECUTE ON FUNCTION damascus_tick() TO damascus_admin;
+GRANT EXECUTE ON FUNCTION damascus_tick(integer, integer) TO damascus_admin;
 GRANT EXECUTE ON FUNCTION damascus_retry(bigint) TO damascus_admin;
 GRANT EXECUTE ON FUNCTION damascus_release(bigint) TO damascus_admin;
 GRANT EXECUTE ON FUNCTION damascus_approve(bigint, text) TO damascus_admin;
 GRANT EXECUTE ON FUNCTION damascus_reject(bigint, text) TO damascus_admin;
+
+-- Operating it: wake-up at commit, the metrics views and the analyzer.
+
+-- Any insert, or an update that leaves a ticket unclaimed in a live state (a verdict, an approval, a release,
+-- a retry), may have made work: the idle static workers are woken when that transaction commits.
+CREATE TRIGGER tickets_wake_on_insert AFTER INSERT ON damascus.tickets
+    FOR EACH STATEMENT EXECUTE FUNCTION damascus.wake_workers();
+COMMENT ON TRIGGER tickets_wake_on_insert ON damascus.tickets IS
+    'Wakes the idle damascus workers when the transaction that queued tickets commits';
+CREATE TRIGGER tickets_wake_on_update AFTER UPDATE ON damascus.tickets
+    FOR EACH ROW
+    WHEN (NEW.claimed_at IS NULL AND NEW.state NOT IN ('done', 'failed', 'cancelled')
+          AND (NEW.not_before IS NULL OR NEW.not_before <= now())
+          AND (OLD.claimed_at IS NOT NULL OR OLD.state IS DISTINCT FROM NEW.state
+               OR OLD.not_before IS DISTINCT FROM NEW.not_before))
+    EXECUTE FUNCTION damascus.wake_workers();
+COMMENT ON TRIGGER tickets_wake_on_update ON damascus.tickets IS
+    'Wakes the idle damascus workers when a transaction that left a ticket claimable (verdict, approval, release, retry) commits';
+COMMENT ON FUNCTION damascus.wake_workers() IS
+    'Trigger: asks for the idle damascus workers to be woken when the current transaction commits';
+COMMENT ON FUNCTION damascus.worker_counters() IS
+    'The running static workers (pid) and the cycles each finished since it started; read by damascus.worker_status';
+REVOKE EXECUTE ON FUNCTION damascus.wake_workers() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION damascus.worker_counters() FROM PUBLIC;
+
+CREATE VIEW damascus.queue AS
+SELECT t.state,
+       (SELECT p.name FROM damascus.phases AS p WHERE p.enabled AND p.from_state = t.state) AS phase,
+       count(*) AS tickets,
+       count(*) FILTER (WHERE t.claimed_at IS NOT NULL) AS claimed,
+       count(*) FILTER (WHERE t.claimed_at < now() - w.stale_window) AS stale_claims,
+       count(*) FILTER (WHERE t.claimed_at IS NULL AND t.not_before > now()) AS backing_off,
+       count(*) FILTER (WHERE t.claimed_at IS NULL AND t.state NOT IN ('done', 'failed', 'cancelled')
+                          AND (t.not_before IS NULL OR t.not_before <= now())) AS waiting,
+       now() - min(t.updated_at) FILTER (WHERE t.claimed_at IS NULL
+                                           AND t.state NOT IN ('done', 'failed', 'cancelled')) AS oldest_waiting
+FROM damascus.tickets AS t,
+     -- The stale window as the workers read it: '30min' where the library is loaded, the configured text
+     -- (minutes when it has no unit) where it is not.
+     (SELECT CASE WHEN s.v ~ '^\d+$' THEN make_interval(mins => s.v::integer) ELSE s.v::interval END AS stale_window
+      FROM (SELECT coalesce(nullif(current_setting('damascus.stale_claim_minutes', true), ''), '30') AS v) AS s) AS w
+GROUP BY t.state;
+COMMENT ON VIEW damascus.queue IS
+    'Per state: the phase that claims it, tickets, claimed, stale claims, backing off (not_before), waiting, and how long the oldest unclaimed one has waited since its last change';
+
+CREATE VIEW damascus.phase_stats AS
+SELECT c.phase,
+       count(*) AS cycles,
+       (SELECT jsonb_object_agg(v.verdict, v.n)
+        FROM (SELECT coalesce(d.verdict, '(running)') AS verdict, count(*) AS n
+              FROM damascus.cycles AS d
+              WHERE d.phase = c.phase AND d.started_at >= now() - interval '1 day'
+              GROUP BY 1) AS v) AS verdicts,
+       percentile_disc(0.5) WITHIN GROUP (ORDER BY c.llm_ms) AS llm_ms_p50,
+       percentile_disc(0.95) WITHIN GROUP (ORDER BY c.llm_ms) AS llm_ms_p95,
+       sum(c.input_tokens) AS input_tokens,
+       sum(c.output_tokens) AS output_tokens,
+       count(*) FILTER (WHERE c.stop_reason IN ('max_tokens', 'length')) AS truncated,
+       count(*) FILTER (WHERE c.verdict = 'llm_error') AS transport_errors,
+       round(count(*) FILTER (WHERE c.verdict = 'llm_error')::numeric / count(*), 3) AS transport_error_rate,
+       count(*) FILTER (WHERE c.verdict = 'claim_lost') AS claim_lost
+FROM damascus.cycles AS c
+WHERE c.started_at >= now() - interval '1 day'
+GROUP BY c.phase;
+COMMENT ON VIEW damascus.phase_stats IS
+    'Per phase over the last day: cycles, verdict counts, p50/p95 llm_ms, tokens, truncations, transport errors and their rate, claim_lost';
+
+CREATE VIEW damascus.worker_status AS
+SELECT a.pid,
+       a.application_name AS worker,
+       a.backend_type AS kind,
+       a.backend_start AS started,
+       coalesce(f.calls_in_flight, 0) AS calls_in_flight,
+       coalesce(f.calls, '[]'::jsonb) AS calls,
+       w.cycles_done,
+       a.query AS activity
+FROM pg_catalog.pg_stat_activity AS a
+LEFT JOIN damascus.worker_counters() AS w ON w.pid = a.pid
+LEFT JOIN LATERAL (
+    SELECT count(*) AS calls_in_flight,
+           jsonb_agg(jsonb_build_object('ticket_id', o.ticket_id, 'phase', o.phase, 'since', o.started_at,
+                                        'seconds', floor(extract(epoch FROM now() - o.started_at)))
+                     ORDER BY o.id) AS calls
+    FROM damascus.cycles AS o
+    WHERE o.verdict IS NULL AND substring(o.worker FROM '\(pid (\d+)')::integer = a.pid
+) AS f ON true
+WHERE a.backend_type IN ('damascus worker', 'damascus tick');
+COMMENT ON VIEW damascus.worker_status IS
+    'Live damascus workers and ticks: pid, start, calls in flight (ticket, phase, since), cycles done (static workers), and what pg_stat_activity shows';
+
+-- Findings a person can act on; a clean history yields none.
+CREATE FUNCTION damascus_analyze(since interval DEFAULT '1 day')
+RETURNS TABLE (severity text, finding text, evidence jsonb, hint text)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    -- Answers cut off at max_tokens.
+    SELECT 'warning',
+           format('phase %s: %s of %s answers were cut off at max_tokens', s.phase, s.truncated, s.answered),
+           jsonb_build_object('phase', s.phase, 'answers', s.answered, 'truncated', s.truncated,
+                              'rate', round(s.truncated::numeric / s.answered, 3), 'max_tokens', p.max_tokens),
+           format('Raise the limit: UPDATE damascus.phases SET max_tokens = %s WHERE name = %L;',
+                  p.max_tokens * 2, s.phase)
+    FROM (SELECT c.phase, count(*) AS answered,
+                 count(*) FILTER (WHERE c.stop_reason IN ('max_tokens', 'length')) AS truncated
+          FROM damascus.cycles AS c
+          WHERE c.started_at >= now() - since AND c.http_status = 200
+          GROUP BY c.phase) AS s
+    JOIN damascus.phases AS p ON p.name = s.phase
+    WHERE s.truncated >= 2 AND s.truncated * 10 >= s.answered
+    UNION ALL
+    -- LLM calls failing.
+    SELECT CASE WHEN s.failed * 2 >= s.calls THEN 'critical' ELSE 'warning' END,
+           format('phase %s: %s of %s LLM calls failed (%s)', s.phase, s.failed, s.calls, s.kinds),
+           jsonb_build_object('phase', s.phase, 'calls', s.calls, 'failed', s.failed,
+                              'rate', round(s.failed::numeric / s.calls, 3), 'http_status', s.statuses),
+           'Look at the detail of the failed cycles (SELECT detail FROM damascus.cycles WHERE verdict LIKE ''llm_%'' ORDER BY id DESC LIMIT 5): an outage or rate limit passes, a 4xx needs damascus.llm_url, the key or the model fixed.'
+    FROM (SELECT c.phase, count(*) AS calls,
+                 count(*) FILTER (WHERE c.verdict IN ('llm_error', 'llm_rejected', 'llm_bad_response')) AS failed,
+                 string_agg(DISTINCT c.verdict, ', ') FILTER (WHERE c.verdict IN ('llm_error', 'llm_rejected', 'llm_bad_response')) AS kinds,
+                 jsonb_agg(DISTINCT c.http_status) FILTER (WHERE c.verdict IN ('llm_error', 'llm_rejected', 'llm_bad_response')
+                                                           AND c.http_status IS NOT NULL) AS statuses
+          FROM damascus.cycles AS c
+          WHERE c.started_at >= now() - since AND c.verdict IS NOT NULL AND c.verdict <> 'claim_lost'
+            AND c.worker LIKE 'damascus %'
+          GROUP BY c.phase) AS s
+    WHERE s.failed >= 3 AND s.failed * 5 >= s.calls
+    UNION ALL
+    -- Claims that went stale and were taken over: their workers died or stalled.
+    SELECT 'warning',
+           format('%s cycles lost their claim (a worker died or stopped renewing it)', s.lost),
+           jsonb_build_object('claim_lost', s.lost, 'workers', s.workers),
+           'Look for crashes and restarts of damascus workers in the server log; a worker that cannot renew its claims in time needs damascus.heartbeat_seconds well below damascus.stale_claim_minutes.'
+    FROM (SELECT count(*) AS lost, jsonb_agg(DISTINCT c.worker) AS workers
+          FROM damascus.cycles AS c
+          WHERE c.started_at >= now() - since AND c.verdict = 'claim_lost') AS s
+    WHERE s.lost > 0
+    UNION ALL
+    -- Tickets going round between a phase and the one that rejects it.
+    SELECT 'warning',
+           format('%s tickets were rejected %s times or more by phase %s', s.tickets, 2, s.phase),
+           jsonb_build_object('phase', s.phase, 'tickets', s.tickets, 'ticket_ids', s.ids, 'rejections', s.rejections),
+           'Read the rejection reasons (damascus.tickets.feedback): the implementing phase''s prompt or the reviewer''s may need to change.'
+    FROM (SELECT r.phase, count(*) AS tickets, jsonb_agg(r.ticket_id ORDER BY r.ticket_id) AS ids,
+                 sum(r.n) AS rejections
+          FROM (SELECT c.phase, c.ticket_id, count(*) AS n
+                FROM damascus.cycles AS c
+                WHERE c.started_at >= now() - since AND c.verdict = 'rejected'
+                GROUP BY c.phase, c.ticket_id
+                HAVING count(*) >= 2) AS r
+          GROUP BY r.phase) AS s
+    UNION ALL
+    -- Tickets waiting at an approval phase for more than a day.
+    SELECT 'info',
+           format('%s tickets have waited over a day for approval at phase %s', s.tickets, s.phase),
+           jsonb_build_object('phase', s.phase, 'tickets', s.tickets, 'ticket_ids', s.ids, 'oldest', s.oldest),
+           format('Decide them: SELECT damascus_approve(id) or damascus_reject(id, reasons) FROM damascus.tickets WHERE state = %L;', s.state)
+    FROM (SELECT p.name AS phase, p.from_state AS state, count(*) AS tickets,
+                 jsonb_agg(t.id ORDER BY t.id) AS ids, (now() - min(t.updated_at))::text AS oldest
+          FROM damascus.phases AS p
+          JOIN damascus.tickets AS t ON t.state = p.from_state
+          WHERE p.enabled AND p.kind = 'approval' AND t.updated_at < now() - interval '1 day'
+          GROUP BY p.name, p.from_state) AS s
+    UNION ALL
+    -- Tickets no worker picks up: in a state no enabled llm or approval phase claims, or claimable for an hour.
+    SELECT 'warning',
+           format('%s tickets in state %s have not moved for over an hour%s', s.tickets, s.state,
+                  CASE WHEN s.claimed_by_phase THEN '' ELSE ' (no enabled phase claims that state)' END),
+           jsonb_build_object('state', s.state, 'tickets', s.tickets, 'ticket_ids', s.ids, 'oldest', s.oldest),
+           CASE WHEN s.claimed_by_phase
+                THEN 'Are damascus workers running (SELECT * FROM damascus.worker_status) or is something scheduling damascus_tick()?'
+                ELSE 'Enable or add a phase whose from_state is this state, or move the tickets with damascus_retry / damascus_cancel.' END
+    FROM (SELECT t.state, count(*) AS tickets, (jsonb_agg(t.id ORDER BY t.id)) AS ids,
+                 (now() - min(t.updated_at))::text AS oldest,
+                 EXISTS (SELECT 1 FROM damascus.phases AS p WHERE p.enabled AND p.from_state = t.state) AS claimed_by_phase
+          FROM damascus.tickets AS t
+          WHERE t.state NOT IN ('done', 'failed', 'cancelled') AND t.claimed_at IS NULL
+            AND (t.not_before IS NULL OR t.not_before <= now())
+            AND t.updated_at < now() - interval '1 hour'
+            AND NOT EXISTS (SELECT 1 FROM damascus.phases AS p
+                            WHERE p.enabled AND p.kind = 'approval' AND p.from_state = t.state)
+          GROUP BY t.state) AS s
+$$;
+COMMENT ON FUNCTION damascus_analyze(interval) IS
+    'Findings over the given past (default a day), one row each with severity, evidence and a hint: truncation at max_tokens, LLM failures, lost claims, rejection loops, approvals waiting, tickets not moving';
+REVOKE EXECUTE ON FUNCTION damascus_analyze(interval) FROM PUBLIC;
+
+-- Monitoring: pg_monitor and damascus_user read the views and run the analyzer; nobody else.
+REVOKE ALL ON damascus.queue, damascus.phase_stats, damascus.worker_status FROM PUBLIC;
+GRANT USAGE ON SCHEMA damascus TO pg_monitor;
+GRANT SELECT ON damascus.queue, damascus.phase_stats, damascus.worker_status TO pg_monitor, damascus_user;
+GRANT EXECUTE ON FUNCTION damascus.worker_counters() TO pg_monitor, damascus_user;
+GRANT EXECUTE ON FUNCTION damascus_analyze(interval) TO pg_monitor, damascus_user;

@@ -113,6 +113,13 @@ COMMENT ON COLUMN damascus.cycles.llm_ms IS 'Wall time of the LLM call in millis
 CREATE INDEX cycles_ticket ON damascus.cycles (ticket_id, id);
 COMMENT ON INDEX damascus.cycles_ticket IS 'A ticket''s history, in order';
 
+-- Open cycles (no verdict yet) for damascus.worker_status, and cycle age for the stats, the analyzer and
+-- retention: both small next to the table's primary key.
+CREATE INDEX cycles_open ON damascus.cycles (id) WHERE verdict IS NULL;
+COMMENT ON INDEX damascus.cycles_open IS 'Cycles without a verdict yet (calls in flight, or left by a dead worker)';
+CREATE INDEX cycles_started ON damascus.cycles (started_at);
+COMMENT ON INDEX damascus.cycles_started IS 'Cycles by start time: recent-window statistics and retention';
+
 CREATE TABLE damascus.phases (
     name            text        PRIMARY KEY CHECK (name ~ '^[a-z_][a-z0-9_]{0,62}$'),
     position        integer     NOT NULL,

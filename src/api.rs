@@ -32,9 +32,35 @@ fn damascus_submit(
     crate::store::insert_ticket(&t).or_raise()
 }
 
-/// Runs one cycle now, in a background worker, and returns what it did (no row when nothing was claimable).
-#[pg_extern(volatile, parallel_unsafe)]
-fn damascus_tick() -> TableIterator<
+/// The C symbol 0.1.0's `damascus_tick()` is bound to (0.2.0's function has its own): reachable only from a
+/// schema that was not updated, so it refuses with the error that says to run ALTER EXTENSION damascus UPDATE.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn damascus_tick_wrapper(
+    _fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    crate::tick::ready_to_run().or_raise();
+    DamascusError::SchemaOutdated {
+        installed: "0.1.0".into(),
+    }
+    .report()
+}
+
+/// Version-1 calling convention record of `damascus_tick_wrapper`, which Postgres looks up before calling it.
+#[unsafe(no_mangle)]
+pub extern "C" fn pg_finfo_damascus_tick_wrapper() -> &'static pg_sys::Pg_finfo_record {
+    static V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+    &V1
+}
+
+/// Runs up to `max_cycles` cycles now (in flight together, as a worker would, within `max_seconds` when given)
+/// in a background worker and returns one row per cycle (none when nothing was claimable).
+#[pg_extern(name = "damascus_tick", volatile, parallel_unsafe)]
+fn damascus_tick_cycles(
+    // NULL counts as 1.
+    max_cycles: default!(Option<i32>, 1),
+    max_seconds: default!(Option<i32>, "NULL"),
+) -> TableIterator<
     'static,
     (
         name!(ticket_id, i64),
@@ -43,8 +69,11 @@ fn damascus_tick() -> TableIterator<
         name!(state, Option<String>),
     ),
 > {
-    let row = crate::tick::tick().or_raise();
-    TableIterator::new(row.map(|r| (r.ticket_id, r.phase, r.verdict, r.state)))
+    let rows = crate::tick::tick(max_cycles.unwrap_or(1), max_seconds).or_raise();
+    TableIterator::new(
+        rows.into_iter()
+            .map(|r| (r.ticket_id, r.phase, r.verdict, r.state)),
+    )
 }
 
 /// Functions in the `damascus` schema (not meant to be called by users directly).
@@ -54,6 +83,23 @@ mod damascus {
 
     use crate::error::DamascusError;
     use damascus_core::phase;
+
+    /// Trigger on `damascus.tickets`: wakes the idle static workers when the transaction that made a ticket
+    /// claimable commits, so it is claimed in milliseconds rather than after `damascus.naptime`.
+    #[pg_trigger]
+    fn wake_workers<'a>(
+        _trigger: &'a PgTrigger<'a>,
+    ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, PgHeapTupleError> {
+        crate::shared::wake_at_commit();
+        Ok(None)
+    }
+
+    /// The running static workers and how many cycles each finished since it started (shared memory; empty
+    /// when damascus is not in shared_preload_libraries). Read by `damascus.worker_status`.
+    #[pg_extern(volatile, parallel_safe)]
+    fn worker_counters() -> TableIterator<'static, (name!(pid, i32), name!(cycles_done, i64))> {
+        TableIterator::new(crate::shared::workers())
+    }
 
     /// Refuses a phase definition no worker could run; called by the `damascus.phases` trigger.
     #[pg_extern(immutable, parallel_safe)]

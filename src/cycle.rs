@@ -33,17 +33,6 @@ pub enum Wake {
     Stop,
 }
 
-/// How a cycle ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CycleEnd {
-    /// Nothing was claimable.
-    Idle,
-    /// A ticket was worked on; the row `damascus_tick()` returns.
-    Done(TickRow),
-    /// No ticket could even be claimed (e.g. the claim statement failed).
-    Failed(String),
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TickRow {
     pub ticket_id: i64,
@@ -288,10 +277,23 @@ fn write_verdict(
     judgement: &Judgement,
     facts: &CallFacts,
 ) -> TickRow {
-    match transaction(|| store::apply_verdict(claim, cycle_id, judgement, facts).or_raise()) {
+    let r = match transaction(|| store::apply_verdict(claim, cycle_id, judgement, facts).or_raise())
+    {
         Ok(v) => row(claim, &v.verdict, v.state),
         Err(e) => failed(ctx, claim, Some(cycle_id), &e),
+    };
+    if ctx.settings.log_cycles {
+        log!(
+            "damascus: ticket {} {} {} -> {} in {} ms ({})",
+            r.ticket_id,
+            r.phase,
+            r.verdict,
+            r.state.as_deref().unwrap_or("?"),
+            facts.llm_ms,
+            ctx.worker
+        );
     }
+    r
 }
 
 /// How the claim and phase transactions ended.
@@ -319,6 +321,7 @@ pub struct Calling {
     model: String,
     prompt_sha256: String,
     call: InFlight,
+    started: Instant,
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -327,14 +330,6 @@ fn sha256_hex(bytes: &[u8]) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
-}
-
-/// Claim and phase transactions, then starts the LLM call with no transaction open.
-pub fn begin(ctx: &Rc<Context>) -> Begun {
-    match begin_many(ctx, 1).pop() {
-        Some(b) => b,
-        None => Begun::Idle,
-    }
 }
 
 /// Claims up to `want` tickets in one claim transaction, then runs each one's phase transaction and starts
@@ -427,6 +422,7 @@ fn start(ctx: &Rc<Context>, claim: Claim) -> Begun {
         model: cfg.model,
         prompt_sha256,
         call,
+        started: Instant::now(),
     }))
 }
 
@@ -507,6 +503,49 @@ impl Calling {
     }
 }
 
+/// Rows deleted per retention batch: small, so a batch holds no lock for long and never competes with cycles.
+pub const PRUNE_BATCH: i32 = 1000;
+
+/// Deletes one batch of cycle rows past `damascus.cycle_retention`; returns how many went (0 when retention
+/// is off or the batch failed, which is logged).
+pub fn prune(ctx: &Context) -> i64 {
+    let minutes = ctx.settings.cycle_retention_minutes;
+    if minutes <= 0 {
+        return 0;
+    }
+    match soft_transaction(|| store::prune_cycles(minutes, PRUNE_BATCH).or_raise()) {
+        Ok(n) => n,
+        Err(e) => {
+            warning!(
+                "damascus: {}: pruning old cycle rows failed: {e}",
+                ctx.worker
+            );
+            0
+        }
+    }
+}
+
+/// What a worker shows in `pg_stat_activity.query`: its calls in flight, each with its ticket, phase and age.
+pub fn describe_calls(calls: &[Box<Calling>]) -> String {
+    use std::fmt::Write;
+    let mut text = format!(
+        "damascus: {} call{} in flight",
+        calls.len(),
+        if calls.len() == 1 { "" } else { "s" }
+    );
+    for (i, c) in calls.iter().enumerate() {
+        let _ = write!(
+            text,
+            "{} ticket {} {} ({} s)",
+            if i == 0 { ":" } else { "," },
+            c.claim.ticket_id,
+            c.claim.phase,
+            c.started.elapsed().as_secs()
+        );
+    }
+    text
+}
+
 /// When the claims of in-flight cycles are next renewed.
 pub struct Lease {
     every: Duration,
@@ -579,42 +618,6 @@ pub fn abandon(ctx: &Context, calls: Vec<Box<Calling>>, why: &str) -> Vec<TickRo
             )
         })
         .collect()
-}
-
-/// Runs one cycle to its end. `wait` sleeps on the latch for at most the given time (the call's thread sets
-/// the latch when it finishes) and says what to do next.
-pub fn run_one(ctx: &Rc<Context>, wait: &mut dyn FnMut(Duration) -> Wake) -> (CycleEnd, Wake) {
-    let calling = match begin(ctx) {
-        Begun::Idle => return (CycleEnd::Idle, Wake::Continue),
-        Begun::Failed(e) => return (CycleEnd::Failed(e), Wake::Continue),
-        Begun::Ended(r) => return (CycleEnd::Done(r), Wake::Continue),
-        Begun::Calling(c) => c,
-    };
-    let mut calls = vec![calling];
-    let mut lease = Lease::new(ctx.settings.heartbeat_seconds);
-    loop {
-        if let Some(outcome) = calls[0].poll() {
-            let Some(c) = calls.pop() else { break };
-            return (CycleEnd::Done(c.finish(outcome)), Wake::Continue);
-        }
-        if let Some(lost) = lease.renew(ctx, &mut calls).pop() {
-            return (CycleEnd::Done(lost), Wake::Continue);
-        }
-        let wake = wait(lease.due_in());
-        let why = match wake {
-            Wake::Continue => continue,
-            Wake::Interrupt => "the cycle was cancelled during the LLM call",
-            Wake::Stop => "the worker was asked to stop during the LLM call",
-        };
-        let rows = abandon(ctx, std::mem::take(&mut calls), why);
-        return (
-            rows.into_iter()
-                .next()
-                .map_or(CycleEnd::Idle, CycleEnd::Done),
-            wake,
-        );
-    }
-    (CycleEnd::Idle, Wake::Continue)
 }
 
 fn clamp_i32(v: i64) -> i32 {

@@ -73,6 +73,12 @@ pub static LOCK_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(5000);
 /// How long one worker transaction (claim, phase, verdict, heartbeat) may run before it is cancelled (ms).
 pub static STATEMENT_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(60_000);
 
+/// One LOG line per cycle (ticket, phase, verdict, milliseconds).
+pub static LOG_CYCLES: GucSetting<bool> = GucSetting::<bool>::new(true);
+
+/// How long finished cycle rows are kept (minutes; 0 keeps them for ever).
+pub static CYCLE_RETENTION_MIN: GucSetting<i32> = GucSetting::<i32>::new(30 * 24 * 60);
+
 /// Registers the settings; called from `_PG_init` in every process that loads the library.
 pub fn init() {
     install_log_redaction();
@@ -255,6 +261,24 @@ pub fn init() {
         GucContext::Sighup,
         GucFlags::UNIT_MS,
     );
+    GucRegistry::define_bool_guc(
+        c"damascus.log_cycles",
+        c"Logs one line per cycle at LOG level: ticket, phase, verdict and milliseconds.",
+        c"",
+        &LOG_CYCLES,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"damascus.cycle_retention",
+        c"How long finished rows of damascus.cycles are kept; 0 keeps them for ever.",
+        c"Older rows are deleted by the first static worker (or a multi-cycle damascus_tick) in small batches.",
+        &CYCLE_RETENTION_MIN,
+        0,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_MIN,
+    );
     // SAFETY: called from _PG_init on the main thread, with a static NUL-terminated prefix.
     unsafe { pgrx::pg_sys::MarkGUCPrefixReserved(c"damascus".as_ptr()) };
 }
@@ -406,6 +430,8 @@ pub struct Snapshot {
     pub llm_max_retries: u32,
     pub llm_max_response_bytes: u64,
     pub heartbeat_seconds: i32,
+    pub log_cycles: bool,
+    pub cycle_retention_minutes: i32,
 }
 
 /// The first line of `damascus.llm_api_key_file`, when it is set. A file that cannot be read is logged (its
@@ -448,6 +474,8 @@ pub fn snapshot() -> Snapshot {
         llm_max_retries: u32::try_from(LLM_MAX_RETRIES.get()).unwrap_or(0),
         llm_max_response_bytes: u64::try_from(LLM_MAX_RESPONSE_BYTES.get()).unwrap_or(1024),
         heartbeat_seconds: HEARTBEAT_SECONDS.get(),
+        log_cycles: LOG_CYCLES.get(),
+        cycle_retention_minutes: CYCLE_RETENTION_MIN.get(),
     }
 }
 
@@ -474,4 +502,9 @@ pub fn database() -> String {
 /// Number of static workers to register.
 pub fn workers() -> i32 {
     WORKERS.get()
+}
+
+/// `damascus.stale_claim_minutes`.
+pub fn stale_claim_minutes() -> i32 {
+    STALE_CLAIM_MINUTES.get()
 }

@@ -8,6 +8,7 @@ pub mod api;
 pub mod cycle;
 pub mod error;
 pub mod guc;
+pub mod shared;
 pub mod signals;
 pub mod store;
 pub mod tick;
@@ -21,6 +22,7 @@ pub extern "C-unwind" fn _PG_init() {
     guc::init();
     // SAFETY: a plain read of a postmaster flag on the main thread during library load.
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        shared::init_preloaded();
         worker::register_static_workers();
     }
 }

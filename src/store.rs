@@ -31,6 +31,8 @@ const RETRY_TICKET: &str = include_str!("../sql/runtime/retry_ticket.sql");
 const CANCEL_TICKET: &str = include_str!("../sql/runtime/cancel_ticket.sql");
 const RELEASE_TICKET: &str = include_str!("../sql/runtime/release_ticket.sql");
 const TICKET_STATUS: &str = include_str!("../sql/runtime/ticket_status.sql");
+const PRUNE_CYCLES: &str = include_str!("../sql/runtime/prune_cycles.sql");
+const ANYTHING_CLAIMABLE: &str = include_str!("../sql/runtime/anything_claimable.sql");
 
 /// A committed claim on one ticket, for the phase that claims its state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,6 +168,26 @@ pub fn extension_version() -> Result<Option<String>, DamascusError> {
         }
         Ok(table.first().get::<String>(1)?)
     })
+}
+
+/// Deletes one batch of finished cycle rows older than the retention; returns how many went.
+pub fn prune_cycles(retention_minutes: i32, batch: i32) -> Result<i64, DamascusError> {
+    run(
+        "prune_cycles",
+        PRUNE_CYCLES,
+        &[retention_minutes.into(), batch.into()],
+        |table| Ok(table.first().get::<i64>(1)?.unwrap_or(0)),
+    )
+}
+
+/// Whether a claim could find anything now (no lock taken).
+pub fn anything_claimable(stale_minutes: i32) -> Result<bool, DamascusError> {
+    run(
+        "anything_claimable",
+        ANYTHING_CLAIMABLE,
+        &[stale_minutes.into()],
+        |table| Ok(table.first().get::<bool>(1)?.unwrap_or(true)),
+    )
 }
 
 /// Claim transaction body: up to `limit` claims, best first (none when nothing is claimable).

@@ -1,30 +1,45 @@
-//! `damascus_tick()` plumbing: a dynamic background worker runs one cycle (a plain SELECT cannot commit) and hands its row back through a DSM segment.
+//! `damascus_tick()` plumbing: a dynamic background worker runs the cycles (a plain SELECT cannot commit) and hands their rows back through a DSM segment.
 
 use std::sync::atomic::{Ordering, fence};
 
 use pgrx::bgworkers::BackgroundWorkerBuilder;
 use pgrx::pg_sys;
 
-use crate::cycle::{CycleEnd, TickRow};
+use crate::cycle::TickRow;
 use crate::error::{DamascusError, SCHEMA_VERSION};
 
 const STATUS_PENDING: u32 = 0;
-const STATUS_IDLE: u32 = 1;
 const STATUS_DONE: u32 = 2;
 const STATUS_FAILED: u32 = 3;
 
-/// The shared-memory record between the caller and its tick worker.
+/// Most cycles one `damascus_tick` may run (its rows are sized in shared memory up front).
+pub const MAX_CYCLES: i32 = 10_000;
+
+/// The shared-memory record between the caller and its tick worker: this header, then `max_cycles` rows.
 #[repr(C)]
-struct TickSlot {
+struct TickHeader {
     database: pg_sys::Oid,
     caller_pid: i32,
     status: u32,
+    max_cycles: u32,
+    /// 0: no time limit.
+    max_seconds: u32,
+    rows: u32,
+    message: [u8; 512],
+}
+
+/// One cycle's row.
+#[repr(C)]
+struct RowSlot {
     ticket_id: i64,
     phase: [u8; 64],
     verdict: [u8; 64],
     state: [u8; 64],
     has_state: u32,
-    message: [u8; 512],
+}
+
+fn segment_size(max_cycles: u32) -> usize {
+    std::mem::size_of::<TickHeader>() + std::mem::size_of::<RowSlot>() * max_cycles as usize
 }
 
 fn put(dst: &mut [u8], s: &str) {
@@ -42,10 +57,10 @@ fn get(src: &[u8]) -> String {
     String::from_utf8_lossy(&src[..end]).into_owned()
 }
 
-/// The worker's side of the slot.
+/// The worker's side of the segment.
 pub struct WorkerSlot {
     seg: *mut pg_sys::dsm_segment,
-    slot: *mut TickSlot,
+    header: *mut TickHeader,
 }
 
 impl WorkerSlot {
@@ -57,44 +72,65 @@ impl WorkerSlot {
         if seg.is_null() {
             return None;
         }
-        // SAFETY: `seg` is attached; the caller sized it for one TickSlot and zeroed it before starting us.
-        let slot = unsafe { pg_sys::dsm_segment_address(seg) } as *mut TickSlot;
-        Some(WorkerSlot { seg, slot })
+        // SAFETY: `seg` is attached; the caller sized it for the header and max_cycles rows and zeroed it.
+        let header = unsafe { pg_sys::dsm_segment_address(seg) } as *mut TickHeader;
+        Some(WorkerSlot { seg, header })
+    }
+
+    fn header(&self) -> &TickHeader {
+        // SAFETY: mapped until `finish` detaches it, which consumes self; only this worker writes it meanwhile.
+        unsafe { &*self.header }
     }
 
     pub fn database(&self) -> pg_sys::Oid {
-        // SAFETY: the slot stays mapped until `finish` detaches it, which consumes self.
-        unsafe { (*self.slot).database }
+        self.header().database
     }
 
     pub fn caller_pid(&self) -> i32 {
-        // SAFETY: as in `database`.
-        unsafe { (*self.slot).caller_pid }
+        self.header().caller_pid
     }
 
-    /// Writes the result and detaches.
-    pub fn finish(self, end: &CycleEnd) {
-        // SAFETY: mapped until the detach below; the caller reads it only after this worker has exited.
-        let slot = unsafe { &mut *self.slot };
-        match end {
-            CycleEnd::Idle => slot.status = STATUS_IDLE,
-            CycleEnd::Done(row) => {
-                slot.ticket_id = row.ticket_id;
-                put(&mut slot.phase, &row.phase);
-                put(&mut slot.verdict, &row.verdict);
-                if let Some(s) = &row.state {
-                    put(&mut slot.state, s);
-                    slot.has_state = 1;
-                }
-                slot.status = STATUS_DONE;
+    pub fn max_cycles(&self) -> usize {
+        self.header().max_cycles as usize
+    }
+
+    /// The time limit, if the caller set one.
+    pub fn max_seconds(&self) -> Option<u32> {
+        Some(self.header().max_seconds).filter(|s| *s > 0)
+    }
+
+    /// Appends a cycle's row (rows past `max_cycles` cannot happen: the driver starts no more cycles).
+    pub fn push(&mut self, row: &TickRow) {
+        // SAFETY: mapped until `finish`; the caller reads only after this worker has exited.
+        let header = unsafe { &mut *self.header };
+        if header.rows >= header.max_cycles {
+            return;
+        }
+        // SAFETY: row `header.rows` lies within the segment, which holds max_cycles rows after the header.
+        let slot = unsafe { &mut *(self.header.add(1) as *mut RowSlot).add(header.rows as usize) };
+        slot.ticket_id = row.ticket_id;
+        put(&mut slot.phase, &row.phase);
+        put(&mut slot.verdict, &row.verdict);
+        if let Some(s) = &row.state {
+            put(&mut slot.state, s);
+            slot.has_state = 1;
+        }
+        header.rows += 1;
+    }
+
+    /// Ends the tick: its rows stand, or, when `failure` is given and no cycle ran, the tick is an error.
+    pub fn finish(self, failure: Option<&str>) {
+        // SAFETY: as in `push`.
+        let header = unsafe { &mut *self.header };
+        match failure {
+            Some(msg) if header.rows == 0 => {
+                put(&mut header.message, msg);
+                header.status = STATUS_FAILED;
             }
-            CycleEnd::Failed(msg) => {
-                put(&mut slot.message, msg);
-                slot.status = STATUS_FAILED;
-            }
+            _ => header.status = STATUS_DONE,
         }
         fence(Ordering::SeqCst);
-        // SAFETY: attached in `attach`, detached once here; no reference into the slot outlives this.
+        // SAFETY: attached in `attach`, detached once here; no reference into the segment outlives this.
         unsafe { pg_sys::dsm_detach(self.seg) };
     }
 }
@@ -113,32 +149,58 @@ impl Drop for TerminateOnDrop {
     }
 }
 
-/// Runs one cycle in a fresh background worker and waits for it.
-pub fn tick() -> Result<Option<TickRow>, DamascusError> {
+/// Refuses a tick on a hot standby, and one whose schema is not the library's: a library newer than the schema
+/// (installed, server restarted, ALTER EXTENSION not yet run) would run its statements against tables that lack
+/// their columns. Refused at once, saying what to run.
+pub fn ready_to_run() -> Result<(), DamascusError> {
     // SAFETY: a read of shared recovery state, on the calling backend's main thread.
     if unsafe { pg_sys::RecoveryInProgress() } {
         return Err(DamascusError::InRecovery);
     }
-    // A library newer than the schema (installed, server restarted, ALTER EXTENSION not yet run) would run
-    // its statements against tables that lack their columns: refuse at once and say what to run.
     match crate::store::extension_version()? {
-        None => return Err(DamascusError::ExtensionMissing),
-        Some(v) if v != SCHEMA_VERSION => {
-            return Err(DamascusError::SchemaOutdated { installed: v });
-        }
-        Some(_) => {}
+        None => Err(DamascusError::ExtensionMissing),
+        Some(v) if v != SCHEMA_VERSION => Err(DamascusError::SchemaOutdated { installed: v }),
+        Some(_) => Ok(()),
     }
+}
+
+/// Runs up to `max_cycles` cycles (in flight together, as a static worker would, within `max_seconds` when
+/// given) in a fresh background worker and waits for it; one row per cycle. Starts no worker when nothing is
+/// claimable, so an idle tick costs one read-only query.
+pub fn tick(max_cycles: i32, max_seconds: Option<i32>) -> Result<Vec<TickRow>, DamascusError> {
+    if !(1..=MAX_CYCLES).contains(&max_cycles) {
+        return Err(DamascusError::InvalidArgument {
+            message: format!(
+                "damascus_tick: max_cycles must be between 1 and {MAX_CYCLES}, not {max_cycles}"
+            ),
+            detail: "It is how many cycles this call may run; their rows are sized up front."
+                .into(),
+        });
+    }
+    if let Some(s) = max_seconds.filter(|s| !(1..=86_400).contains(s)) {
+        return Err(DamascusError::InvalidArgument {
+            message: format!("damascus_tick: max_seconds must be between 1 and 86400, or NULL, not {s}"),
+            detail: "At max_seconds the calls still in flight are stopped and their claims given back; NULL waits for them.".into(),
+        });
+    }
+    ready_to_run()?;
+    if !crate::store::anything_claimable(crate::guc::stale_claim_minutes())? {
+        return Ok(Vec::new());
+    }
+    let size = segment_size(max_cycles as u32);
     // SAFETY: calling backend's main thread inside a transaction; dsm_create raises an ERROR rather than
-    // returning NULL (flags 0), and the segment is sized for one TickSlot, which is zeroed before use.
-    let seg = unsafe { pg_sys::dsm_create(std::mem::size_of::<TickSlot>(), 0) };
+    // returning NULL (flags 0), and the segment is sized for the header and its rows, zeroed before use.
+    let seg = unsafe { pg_sys::dsm_create(size, 0) };
     // SAFETY: as above.
-    let slot = unsafe { pg_sys::dsm_segment_address(seg) } as *mut TickSlot;
-    // SAFETY: `slot` points to size_of::<TickSlot>() writable bytes no one else sees yet.
+    let header = unsafe { pg_sys::dsm_segment_address(seg) } as *mut TickHeader;
+    // SAFETY: `header` points to `size` writable bytes no one else sees yet.
     unsafe {
-        std::ptr::write_bytes(slot as *mut u8, 0, std::mem::size_of::<TickSlot>());
-        (*slot).database = pg_sys::MyDatabaseId;
-        (*slot).caller_pid = pg_sys::MyProcPid;
-        (*slot).status = STATUS_PENDING;
+        std::ptr::write_bytes(header as *mut u8, 0, size);
+        (*header).database = pg_sys::MyDatabaseId;
+        (*header).caller_pid = pg_sys::MyProcPid;
+        (*header).status = STATUS_PENDING;
+        (*header).max_cycles = max_cycles as u32;
+        (*header).max_seconds = max_seconds.unwrap_or(0) as u32;
     }
     // SAFETY: `seg` is the live segment created above.
     let handle = unsafe { pg_sys::dsm_segment_handle(seg) };
@@ -172,22 +234,30 @@ pub fn tick() -> Result<Option<TickRow>, DamascusError> {
         return Err(DamascusError::PostmasterDied);
     }
     fence(Ordering::SeqCst);
-    // SAFETY: the worker has exited, so nothing writes the slot any more; the segment is still attached.
-    let s = unsafe { &*slot };
-    let result = match s.status {
-        STATUS_IDLE => Ok(None),
-        STATUS_DONE => Ok(Some(TickRow {
-            ticket_id: s.ticket_id,
-            phase: get(&s.phase),
-            verdict: get(&s.verdict),
-            state: (s.has_state != 0).then(|| get(&s.state)),
-        })),
-        STATUS_FAILED => Err(DamascusError::TickFailed { detail: get(&s.message) }),
+    // SAFETY: the worker has exited, so nothing writes the segment any more; it is still attached.
+    let h = unsafe { &*header };
+    let result = match h.status {
+        STATUS_DONE => {
+            let rows = (0..h.rows.min(h.max_cycles) as usize)
+                .map(|i| {
+                    // SAFETY: row i < rows <= max_cycles lies within the segment.
+                    let r = unsafe { &*(header.add(1) as *const RowSlot).add(i) };
+                    TickRow {
+                        ticket_id: r.ticket_id,
+                        phase: get(&r.phase),
+                        verdict: get(&r.verdict),
+                        state: (r.has_state != 0).then(|| get(&r.state)),
+                    }
+                })
+                .collect();
+            Ok(rows)
+        }
+        STATUS_FAILED => Err(DamascusError::TickFailed { detail: get(&h.message) }),
         _ => Err(DamascusError::TickWorkerLost {
-            detail: "The worker exited before it finished its cycle (it may have failed to start or crashed).".into(),
+            detail: "The worker exited before it finished its cycles (it may have failed to start or crashed).".into(),
         }),
     };
-    // SAFETY: `s` is not used after this; the segment is detached once on this path.
+    // SAFETY: `h` is not used after this; the segment is detached once on this path.
     unsafe { pg_sys::dsm_detach(seg) };
     result
 }

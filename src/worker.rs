@@ -11,12 +11,16 @@ use pgrx::prelude::*;
 use crate::cycle::{self, Begun, Calling, Context, Lease, Wake};
 use crate::error::{OrRaise, SCHEMA_VERSION};
 use crate::guc;
+use crate::shared;
 use crate::signals;
 use crate::store;
 use crate::tick;
 
 /// Seconds before the postmaster restarts a static worker that died.
 const RESTART_SECS: u64 = 5;
+
+/// How often the first worker looks for cycle rows past `damascus.cycle_retention`.
+const PRUNE_EVERY: Duration = Duration::from_secs(10);
 
 /// Registers the static workers; only possible while shared_preload_libraries is being processed.
 pub fn register_static_workers() {
@@ -122,7 +126,10 @@ pub extern "C-unwind" fn damascus_worker_main(arg: pg_sys::Datum) {
         warning!("{name}: {e}");
     }
     // SAFETY: MyProcPid is set before any extension code runs and never changes.
-    let worker = format!("{name} (pid {})", unsafe { pg_sys::MyProcPid });
+    let pid = unsafe { pg_sys::MyProcPid };
+    let worker = format!("{name} (pid {pid})");
+    let slot = usize::try_from(n).unwrap_or(0);
+    shared::register_worker(slot, pid);
     log!("{name} started, serving database \"{database}\"");
 
     // The extension is checked only until it is found, and again after a claim fails (it may have
@@ -137,7 +144,12 @@ pub extern "C-unwind" fn damascus_worker_main(arg: pg_sys::Datum) {
     let mut calls: Vec<Box<Calling>> = Vec::new();
     // Nothing was claimable: do not look again before this, unless a verdict may have made work.
     let mut idle_until: Option<Instant> = None;
-    let mut shown_inflight = usize::MAX;
+    let mut shown_activity = String::new();
+    let mut shown_count = usize::MAX;
+    let mut activity_shown_at = Instant::now();
+    let mut seen_work = shared::work_seq();
+    // Only the first worker prunes old cycle rows; a full batch means more are due at once.
+    let mut prune_due = (slot == 1).then(Instant::now);
     while !signals::stopping() {
         if BackgroundWorker::sighup_received() {
             // SAFETY: main thread, between transactions, as the postmaster's own loops do it.
@@ -147,10 +159,18 @@ pub extern "C-unwind" fn damascus_worker_main(arg: pg_sys::Datum) {
             }
             loaded = None;
             lease = None;
+            // A nap decided under the old naptime ends now, so a shorter one applies at once.
+            idle_until = None;
         }
         let ctx = Rc::clone(loaded.get_or_insert_with(|| Rc::new(Context::load(worker.clone()))));
         let lease = lease.get_or_insert_with(|| Lease::new(ctx.settings.heartbeat_seconds));
         let naptime = Duration::from_millis(ctx.settings.naptime_ms);
+        // A commit made a ticket claimable (a submit, a verdict, an approval): look now, not after the nap.
+        let work = shared::work_seq();
+        if work != seen_work {
+            seen_work = work;
+            idle_until = None;
+        }
 
         // Verdicts of the calls that finished.
         let mut i = 0;
@@ -158,6 +178,7 @@ pub extern "C-unwind" fn damascus_worker_main(arg: pg_sys::Datum) {
             match calls[i].poll() {
                 Some(outcome) => {
                     calls.swap_remove(i).finish(outcome);
+                    shared::count_cycle(slot);
                     // The verdict may have moved a ticket into the next phase's state.
                     idle_until = None;
                 }
@@ -190,6 +211,15 @@ pub extern "C-unwind" fn damascus_worker_main(arg: pg_sys::Datum) {
             }
         }
 
+        if ready && prune_due.is_some_and(|t| Instant::now() >= t) {
+            let pruned = cycle::prune(&ctx);
+            prune_due = Some(if pruned >= i64::from(cycle::PRUNE_BATCH) {
+                Instant::now()
+            } else {
+                Instant::now() + PRUNE_EVERY
+            });
+        }
+
         // New claims, up to max_inflight.
         if ready && idle_until.is_none_or(|t| Instant::now() >= t) {
             idle_until = None;
@@ -204,7 +234,10 @@ pub extern "C-unwind" fn damascus_worker_main(arg: pg_sys::Datum) {
                             claimed += 1;
                             calls.push(c);
                         }
-                        Begun::Ended(_) => claimed += 1,
+                        Begun::Ended(_) => {
+                            claimed += 1;
+                            shared::count_cycle(slot);
+                        }
                         Begun::Idle => {}
                         Begun::Failed(e) => {
                             ready = false;
@@ -217,9 +250,17 @@ pub extern "C-unwind" fn damascus_worker_main(arg: pg_sys::Datum) {
                 }
             }
         }
-        if ready && calls.len() != shown_inflight {
-            shown_inflight = calls.len();
-            report_activity(&format!("damascus: {} calls in flight", calls.len()));
+        // What the worker does, where every monitoring tool looks; the ages change, so at most once a second.
+        if ready
+            && (calls.len() != shown_count || activity_shown_at.elapsed() >= Duration::from_secs(1))
+        {
+            shown_count = calls.len();
+            let text = cycle::describe_calls(&calls);
+            if text != shown_activity {
+                report_activity(&text);
+                shown_activity = text;
+            }
+            activity_shown_at = Instant::now();
         }
         // SAFETY: main thread, no transaction open; bgworkers flush their statistics themselves.
         unsafe { pg_sys::pgstat_report_stat(false) };
@@ -227,7 +268,8 @@ pub extern "C-unwind" fn damascus_worker_main(arg: pg_sys::Datum) {
         let mut timeout = if calls.is_empty() {
             naptime
         } else {
-            lease.due_in()
+            // Wakes at least once a second while calls run, so pg_stat_activity shows their ages.
+            lease.due_in().min(Duration::from_secs(1))
         };
         if let Some(t) = idle_until {
             timeout = timeout.min(t.saturating_duration_since(Instant::now()));
@@ -258,6 +300,7 @@ pub extern "C-unwind" fn damascus_worker_main(arg: pg_sys::Datum) {
     } else {
         log!("{name} stopping");
     }
+    shared::unregister_worker(slot);
     // A non-zero exit asks the postmaster to start a fresh worker after RESTART_SECS, so a worker
     // stopped with pg_terminate_backend() comes back; during shutdown nothing is restarted.
     // SAFETY: main thread, no transaction open; proc_exit runs the backend's exit callbacks.
@@ -267,13 +310,14 @@ pub extern "C-unwind" fn damascus_worker_main(arg: pg_sys::Datum) {
 /// How often a tick worker checks that its caller is still there.
 const CALLER_CHECK: Duration = Duration::from_secs(1);
 
-/// Entry point of the dynamic worker behind `damascus_tick()`: one cycle, result into shared memory.
+/// Entry point of the dynamic worker behind `damascus_tick()`: up to `max_cycles` cycles in flight together,
+/// as a static worker runs them, within `max_seconds` when set; each cycle's row into shared memory.
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn damascus_tick_main(arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     signals::install();
-    let Some(slot) = tick::WorkerSlot::attach(arg) else {
+    let Some(mut slot) = tick::WorkerSlot::attach(arg) else {
         log!("damascus tick: the caller went away before the worker started");
         return;
     };
@@ -288,19 +332,94 @@ pub extern "C-unwind" fn damascus_tick_main(arg: pg_sys::Datum) {
         // SAFETY: MyProcPid is set before any extension code runs and never changes.
         unsafe { pg_sys::MyProcPid },
     );
-    // The tick is tied to its caller: a caller that is terminated, or that notices its client is gone
-    // (client_connection_check_interval), exits without stopping us, so look for it at least once a second
-    // and stop the call, giving the claim back, when it is gone.
-    let mut tied_to_caller = |timeout: Duration| match wait(timeout.min(CALLER_CHECK)) {
-        // SAFETY: main thread; BackendPidGetProc takes ProcArrayLock itself and only reads the proc array.
-        Wake::Continue if unsafe { pg_sys::BackendPidGetProc(caller) }.is_null() => {
-            log!("damascus tick: its caller (pid {caller}) is gone; stopping the call");
-            Wake::Interrupt
+    let ctx = Rc::new(Context::load(worker));
+    let max_cycles = slot.max_cycles();
+    let deadline = slot
+        .max_seconds()
+        .map(|s| Instant::now() + Duration::from_secs(u64::from(s)));
+    let mut lease = Lease::new(ctx.settings.heartbeat_seconds);
+    let mut calls: Vec<Box<Calling>> = Vec::new();
+    let mut started = 0;
+    // Nothing more was claimable at the last look; a verdict may change that.
+    let mut dry = false;
+    let mut failure: Option<String> = None;
+    loop {
+        let mut i = 0;
+        while i < calls.len() {
+            match calls[i].poll() {
+                Some(outcome) => {
+                    slot.push(&calls.swap_remove(i).finish(outcome));
+                    dry = false;
+                }
+                None => i += 1,
+            }
         }
-        w => w,
-    };
-    let end = cycle::run_one(&Rc::new(Context::load(worker)), &mut tied_to_caller).0;
+        for lost in lease.renew(&ctx, &mut calls) {
+            slot.push(&lost);
+        }
+        let out_of_time = deadline.is_some_and(|d| Instant::now() >= d);
+        if out_of_time {
+            for r in cycle::abandon(
+                &ctx,
+                std::mem::take(&mut calls),
+                "damascus_tick reached its max_seconds during the LLM call",
+            ) {
+                slot.push(&r);
+            }
+            break;
+        }
+        let room =
+            (max_cycles - started).min(ctx.settings.max_inflight.saturating_sub(calls.len()));
+        if !dry && room > 0 {
+            let mut claimed = 0;
+            for b in cycle::begin_many(&ctx, room) {
+                match b {
+                    Begun::Calling(c) => {
+                        claimed += 1;
+                        calls.push(c);
+                    }
+                    Begun::Ended(r) => {
+                        claimed += 1;
+                        slot.push(&r);
+                    }
+                    Begun::Idle => {}
+                    Begun::Failed(e) => failure = Some(e),
+                }
+            }
+            started += claimed;
+            dry = claimed < room;
+        }
+        if calls.is_empty() && (dry || started >= max_cycles) {
+            break;
+        }
+        let mut timeout = lease.due_in().min(CALLER_CHECK);
+        if let Some(d) = deadline {
+            timeout = timeout.min(d.saturating_duration_since(Instant::now()));
+        }
+        // The tick is tied to its caller: a caller that is terminated, or that notices its client is gone
+        // (client_connection_check_interval), exits without stopping us, so look for it at least once a
+        // second and stop the calls, giving the claims back, when it is gone.
+        let why = match wait(timeout) {
+            // SAFETY: main thread; BackendPidGetProc takes ProcArrayLock itself and only reads the proc array.
+            Wake::Continue if unsafe { pg_sys::BackendPidGetProc(caller) }.is_null() => {
+                log!("damascus tick: its caller (pid {caller}) is gone; stopping its calls");
+                "the damascus_tick caller went away during the LLM call"
+            }
+            Wake::Continue => continue,
+            Wake::Interrupt => "the cycle was cancelled during the LLM call",
+            Wake::Stop => "the worker was asked to stop during the LLM call",
+        };
+        for r in cycle::abandon(&ctx, std::mem::take(&mut calls), why) {
+            slot.push(&r);
+        }
+        break;
+    }
+    // A tick that ran several cycles also does the retention's share of a static worker (with workers = 0,
+    // nobody else does).
+    if max_cycles > 1 {
+        cycle::prune(&ctx);
+    }
     // SAFETY: main thread, no transaction open; flushes this process's statistics before it exits.
     unsafe { pg_sys::pgstat_report_stat(true) };
-    slot.finish(&end);
+    slot.finish(failure.as_deref());
 }

@@ -54,13 +54,18 @@ fn claimed_by_worker(c: &mut Client) -> i64 {
 /// Waits until the worker shows `n` calls in flight: its claims commit first, and it shows the count once
 /// their calls have started.
 fn wait_inflight(c: &mut Client, pid: i32, n: usize) {
-    let shown = format!("damascus: {n} calls in flight");
+    // "damascus: 8 calls in flight: ticket 3 refine_spec (0 s), …", or "damascus: 1 call in flight: …".
+    let shown = format!(
+        "damascus: {n} call{} in flight{}",
+        if n == 1 { "" } else { "s" },
+        if n == 0 { "" } else { ":%" }
+    );
     wait_for(
         &format!("{n} calls in flight"),
         Duration::from_secs(20),
         || {
             c.query_opt(
-                "SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND query = $2",
+                "SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND query LIKE $2",
                 &[&pid, &shown],
             )
             .unwrap()

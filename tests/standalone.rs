@@ -1,6 +1,6 @@
 //! What needs a cluster of its own rather than the pgrx test cluster: the server log read back line by line
-//! (at log_min_messages = debug1, with the API key set, reloaded and refused), and a hot standby on which
-//! `damascus_tick()` is refused at once. The cluster runs the same Postgres 15 and library, as `postgres`.
+//! (at log_min_messages = debug1, with the API key set, reloaded and refused; the per-cycle LOG line), and a
+//! hot standby on which `damascus_tick()` is refused at once. The cluster runs the same Postgres 15 and library, as `postgres`.
 
 mod common;
 
@@ -139,7 +139,7 @@ impl Drop for Cluster {
 /// in the statement behind a refused SET. Then the same cluster as a hot standby refuses `damascus_tick()`
 /// at once with SQLSTATE 25006.
 #[test]
-fn the_key_stays_out_of_the_server_log_and_a_standby_refuses_ticks() {
+fn the_server_log_has_a_line_per_cycle_and_no_key_and_a_standby_refuses_ticks() {
     // The pgrx framework installs the library this cluster loads.
     let _g = setup_ticks(&[]);
     let cluster = Cluster::init("log_min_messages = debug1\nlog_min_error_statement = error");
@@ -212,6 +212,59 @@ fn the_key_stays_out_of_the_server_log_and_a_standby_refuses_ticks() {
         "debug1 logged more than the redacted lines:\n{log}"
     );
 
+    // One LOG line per cycle (damascus.log_cycles, on by default): ticket, phase, verdict and milliseconds.
+    let llm = FakeLlm::start(Behavior::Good).expect("fakellm starts");
+    c.batch_execute(&format!(
+        "ALTER SYSTEM SET damascus.llm_url = '{}'",
+        llm.url()
+    ))
+    .unwrap();
+    c.batch_execute("SELECT pg_reload_conf()").unwrap();
+    wait_for("the new llm_url", Duration::from_secs(10), || {
+        let url: String = cluster
+            .client()
+            .query_one("SELECT current_setting('damascus.llm_url')", &[])
+            .unwrap()
+            .get(0);
+        (url == llm.url()).then_some(())
+    });
+    let logged_id: i64 = c
+        .query_one("SELECT damascus_submit('Logged', 'body')", &[])
+        .unwrap()
+        .get(0);
+    let verdict: String = c
+        .query_one("SELECT verdict FROM damascus_tick()", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(verdict, "spec_ok");
+    let line = format!("damascus: ticket {logged_id} refine_spec spec_ok -> specified in ");
+    wait_for("the cycle's log line", Duration::from_secs(10), || {
+        cluster.log().contains(&line).then_some(())
+    });
+    c.batch_execute("ALTER SYSTEM SET damascus.log_cycles = off")
+        .unwrap();
+    c.batch_execute("SELECT pg_reload_conf()").unwrap();
+    wait_for("log_cycles off", Duration::from_secs(10), || {
+        let on: String = cluster
+            .client()
+            .query_one("SELECT current_setting('damascus.log_cycles')", &[])
+            .unwrap()
+            .get(0);
+        (on == "off").then_some(())
+    });
+    let quiet_id: i64 = c
+        .query_one("SELECT damascus_submit('Quiet', 'body')", &[])
+        .unwrap()
+        .get(0);
+    c.query_one("SELECT verdict FROM damascus_tick()", &[])
+        .unwrap();
+    // The tick has returned, so its worker has logged whatever it was going to.
+    assert!(
+        !cluster
+            .log()
+            .contains(&format!("damascus: ticket {quiet_id} refine_spec")),
+        "no cycle line with damascus.log_cycles = off"
+    );
     // The same cluster as a hot standby: standby.signal and no primary to follow, so it stays in recovery.
     cluster.stop();
     run({

@@ -284,3 +284,127 @@ fn on_an_old_schema_the_worker_waits_for_alter_extension_update() {
         "the same worker went on after the update"
     );
 }
+
+/// A submit wakes the idle worker when it commits: with a naptime of a minute the ticket is still claimed
+/// within a few seconds.
+#[test]
+fn a_submit_wakes_the_idle_worker_at_commit() {
+    let _g = setup();
+    fresh(Behavior::Good);
+    let mut c = client();
+    let pid = worker_pid(&mut c);
+    let _nap = set_conf_for_test("damascus.naptime", "60000");
+    // A first ticket through the pipeline, so the worker has taken up the new naptime and is idle after it.
+    let first = submit(&mut c, "Warm-up", "body");
+    wait_state(&mut c, first, "done", Duration::from_secs(30));
+    wait_for("the worker to be idle", Duration::from_secs(10), || {
+        c.query_opt(
+            "SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND query = 'damascus: 0 calls in flight'",
+            &[&pid],
+        )
+        .unwrap()
+        .map(|_| ())
+    });
+    let started = std::time::Instant::now();
+    let id = submit(&mut c, "Wake up", "body");
+    wait_for("the claim", Duration::from_secs(30), || {
+        (ticket(&mut c, id).attempts > 0 || ticket(&mut c, id).state != "new").then_some(())
+    });
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(10),
+        "claimed {took:?} after the commit, not after the 60 s naptime"
+    );
+}
+
+/// damascus.worker_status shows the live worker, its call in flight (ticket, phase, since when) and the
+/// cycles it finished; pg_stat_activity.query names the ticket, phase and age of each call.
+#[test]
+fn worker_status_shows_calls_in_flight_and_cycles_done() {
+    let _g = setup();
+    let llm = fresh(Behavior::Slow(Duration::from_secs(4)));
+    let mut c = client();
+    let pid = worker_pid(&mut c);
+    let done_before: i64 = c
+        .query_one(
+            "SELECT cycles_done FROM damascus.worker_status WHERE pid = $1",
+            &[&pid],
+        )
+        .unwrap()
+        .get(0);
+    let id = submit(&mut c, "Watched", "body");
+    let (calls, activity): (serde_json::Value, String) =
+        wait_for("the call in worker_status", Duration::from_secs(20), || {
+            c.query_opt(
+                // The cycle row commits before the call starts, and the worker shows the call after that.
+                "SELECT calls, activity FROM damascus.worker_status
+                 WHERE pid = $1 AND kind = 'damascus worker' AND calls_in_flight = 1
+                   AND activity LIKE 'damascus: 1 call in flight: %'",
+                &[&pid],
+            )
+            .unwrap()
+            .map(|r| (r.get(0), r.get(1)))
+        });
+    assert_eq!(calls[0]["ticket_id"], id);
+    assert_eq!(calls[0]["phase"], "refine_spec");
+    assert!(calls[0]["since"].is_string(), "{calls}");
+    assert!(
+        activity.starts_with(&format!(
+            "damascus: 1 call in flight: ticket {id} refine_spec ("
+        )),
+        "{activity}"
+    );
+    llm.set_behavior(Behavior::Good);
+    // With the next phases woken at commit, the ticket may pass `specified` faster than a poll sees it.
+    wait_for("the spec", Duration::from_secs(20), || {
+        ticket(&mut c, id).spec.map(|_| ())
+    });
+    wait_for("cycles_done to count it", Duration::from_secs(10), || {
+        let done: i64 = c
+            .query_one(
+                "SELECT cycles_done FROM damascus.worker_status WHERE pid = $1",
+                &[&pid],
+            )
+            .unwrap()
+            .get(0);
+        (done > done_before).then_some(())
+    });
+}
+
+/// The first static worker deletes finished cycle rows past damascus.cycle_retention (30 days by default) in
+/// batches, and keeps the recent ones.
+#[test]
+fn the_worker_prunes_cycle_rows_past_the_retention() {
+    let _g = setup();
+    fresh(Behavior::Good);
+    let mut c = client();
+    worker_pid(&mut c);
+    let id = submit(&mut c, "History", "body");
+    wait_state(&mut c, id, "done", Duration::from_secs(30));
+    c.execute(
+        "INSERT INTO damascus.cycles (ticket_id, phase, attempt, worker, claim_token, claim_xid, verdict,
+                                      started_at, finished_at)
+         SELECT $1, 'refine_spec', 1, 'old', 1, 1, 'llm_error', now() - interval '31 days', now() - interval '31 days'
+         FROM generate_series(1, 2500)",
+        &[&id],
+    )
+    .unwrap();
+    wait_for("the old rows to be pruned", Duration::from_secs(40), || {
+        let old: i64 = c
+            .query_one(
+                "SELECT count(*) FROM damascus.cycles WHERE worker = 'old'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        (old == 0).then_some(())
+    });
+    let kept: i64 = c
+        .query_one(
+            "SELECT count(*) FROM damascus.cycles WHERE ticket_id = $1 AND worker <> 'old'",
+            &[&id],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(kept, 3, "the three recent cycles stay");
+}

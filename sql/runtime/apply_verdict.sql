@@ -5,6 +5,7 @@
 -- $7 state, $8 attempts, $9 rejections, $10 feedback, $11 outputs key (phase name) or NULL, $12 output,
 -- $13 retry delay in seconds, $14 http status, $15 stop reason, $16 input tokens, $17 output tokens,
 -- $18 llm milliseconds, $19 provider, $20 model, $21 prompt sha256, $22 answer text.
+-- An applied verdict is announced with NOTIFY damascus_verdict (delivered at commit) for LISTENing clients.
 WITH moved AS (
     UPDATE damascus.tickets AS t
     SET state = CASE WHEN $6 THEN t.state ELSE $7 END,
@@ -42,7 +43,13 @@ WITH moved AS (
         prompt_sha256 = $21,
         answer = $22
     WHERE c.id = $3
-    RETURNING c.verdict
+    RETURNING c.verdict, c.phase
+), notified AS (
+    SELECT pg_catalog.pg_notify('damascus_verdict',
+               pg_catalog.json_build_object('ticket_id', $1, 'phase', finished.phase, 'verdict', $4,
+                                            'state', moved.state)::text) AS sent
+    FROM moved, finished
 )
 SELECT coalesce((SELECT state FROM moved), (SELECT t.state FROM damascus.tickets AS t WHERE t.id = $1)),
-       coalesce((SELECT verdict FROM finished), CASE WHEN EXISTS (SELECT 1 FROM moved) THEN $4 ELSE 'claim_lost' END)
+       coalesce((SELECT verdict FROM finished), CASE WHEN EXISTS (SELECT 1 FROM moved) THEN $4 ELSE 'claim_lost' END),
+       (SELECT count(*) FROM notified)

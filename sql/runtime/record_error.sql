@@ -2,6 +2,7 @@
 -- and on the cycle row, creating that row if the phase transaction never committed it. The error used the
 -- attempt its claim counted: when that was the phase's last one the ticket is failed with the error as the
 -- reason, so a ticket whose phase or verdict transaction always fails is not retried for ever.
+-- Announced with NOTIFY damascus_verdict.
 -- $1 ticket id, $2 claim token, $3 cycle id or NULL, $4 phase name, $5 worker name, $6 claim xid, $7 message.
 WITH ticket AS (
     UPDATE damascus.tickets AS t
@@ -27,9 +28,16 @@ WITH ticket AS (
 ), inserted AS (
     INSERT INTO damascus.cycles (ticket_id, phase, attempt, worker, claim_token, claim_xid,
                                  verdict, detail, verdict_xid, finished_at)
-    SELECT ticket.id, $4, ticket.attempts + 1, $5, $2, $6, 'error', $7, txid_current(), now()
+    -- The claim counted this attempt already.
+    SELECT ticket.id, $4, ticket.attempts, $5, $2, $6, 'error', $7, txid_current(), now()
     FROM ticket
     WHERE $3::bigint IS NULL
     RETURNING id
+), notified AS (
+    SELECT pg_catalog.pg_notify('damascus_verdict',
+               pg_catalog.json_build_object('ticket_id', $1, 'phase', $4, 'verdict', 'error',
+                                            'state', ticket.state)::text) AS sent
+    FROM ticket
 )
-SELECT (SELECT state FROM ticket), coalesce((SELECT id FROM updated), (SELECT id FROM inserted))
+SELECT (SELECT state FROM ticket), coalesce((SELECT id FROM updated), (SELECT id FROM inserted)),
+       (SELECT count(*) FROM notified)

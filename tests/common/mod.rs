@@ -460,3 +460,64 @@ impl Drop for ApiKeyGuard {
         set_conf("damascus.llm_api_key", self.restore);
     }
 }
+
+/// Boots the binary's cluster with pg_cron preloaded for `pgrx_tests`, running its jobs in background workers
+/// or over libpq connections, and no static damascus worker: pg_cron is all that runs cycles.
+pub fn boot_with_pg_cron(background_workers: bool) {
+    boot(vec![
+        "shared_preload_libraries = 'damascus,pg_cron'",
+        "damascus.workers = 0",
+        "damascus.llm_api_key = 'sk-fake'",
+        "cron.database_name = 'pgrx_tests'",
+        "cron.host = '127.0.0.1'",
+        if background_workers {
+            "cron.use_background_workers = on"
+        } else {
+            "cron.use_background_workers = off"
+        },
+    ]);
+}
+
+/// Schedules `command` with pg_cron every minute (1.4 has minute granularity) and waits for one run to take a
+/// ticket to `state` in `cycles` cycles (`damascus_tick(10, 50)` runs cycles one after another within the
+/// minute). The binary's cluster preloads pg_cron, in the mode the caller chose.
+pub fn assert_pg_cron_moves_a_ticket(command: &str, state: &str, cycles_run: usize) {
+    fresh(Behavior::Good);
+    let mut c = client();
+    c.batch_execute("CREATE EXTENSION IF NOT EXISTS pg_cron")
+        .unwrap();
+    let id = submit(&mut c, "Scheduled", "Runs from pg_cron");
+    let job: i64 = c
+        .query_one(
+            "SELECT cron.schedule('damascus-tick', '* * * * *', $1)",
+            &[&command],
+        )
+        .unwrap()
+        .get(0);
+    // pg_cron 1.4 fires on minute boundaries: allow a little over one minute.
+    wait_for(
+        &format!("pg_cron's tick to take the ticket to {state}"),
+        Duration::from_secs(80),
+        || (ticket(&mut c, id).state == state).then_some(()),
+    );
+    // The job's own row turns `succeeded` once damascus_tick() has returned to pg_cron.
+    wait_for("the job run to succeed", Duration::from_secs(10), || {
+        let status: Option<String> = c
+            .query_opt(
+                "SELECT status FROM cron.job_run_details WHERE jobid = $1 ORDER BY runid LIMIT 1",
+                &[&job],
+            )
+            .unwrap()
+            .map(|r| r.get(0));
+        match status.as_deref() {
+            Some("succeeded") => Some(()),
+            Some("failed") => panic!("the pg_cron run failed"),
+            _ => None,
+        }
+    });
+    let done = cycles(&mut c, id);
+    assert_eq!(done.len(), cycles_run, "{done:?}");
+    assert!(done.iter().all(|y| y.worker.starts_with("damascus tick")));
+    c.execute("SELECT cron.unschedule($1::bigint)", &[&job])
+        .unwrap();
+}

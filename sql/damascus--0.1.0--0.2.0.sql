@@ -300,6 +300,65 @@ COMMENT ON INDEX damascus.cycles_open IS 'Cycles without a verdict yet (calls in
 CREATE INDEX cycles_started ON damascus.cycles (started_at);
 COMMENT ON INDEX damascus.cycles_started IS 'Cycles by start time: recent-window statistics and retention';
 
+-- Usage and cost per cycle: the provider's usage object and its own counts, priced from damascus.prices.
+ALTER TABLE damascus.cycles
+    ADD COLUMN cache_write_tokens integer,
+    ADD COLUMN cache_read_tokens  integer,
+    ADD COLUMN usage              jsonb,
+    ADD COLUMN cost_usd           numeric,
+    ADD COLUMN cost_note          text;
+COMMENT ON COLUMN damascus.cycles.cache_write_tokens IS 'Anthropic cache_creation_input_tokens; NULL when not reported (OpenAI reports none)';
+COMMENT ON COLUMN damascus.cycles.cache_read_tokens IS 'Anthropic cache_read_input_tokens, OpenAI prompt_tokens_details.cached_tokens; NULL when not reported (never 0 for missing)';
+COMMENT ON COLUMN damascus.cycles.usage IS 'The provider''s usage object, verbatim';
+COMMENT ON COLUMN damascus.cycles.cost_usd IS 'What the call cost in USD, from the price valid when the cycle started; NULL with cost_note when unknown';
+COMMENT ON COLUMN damascus.cycles.cost_note IS 'Why cost_usd is NULL: no price for the model, or no usage reported';
+
+CREATE TABLE damascus.prices (
+    model                    text        NOT NULL CHECK (length(model) > 0),
+    valid_from               timestamptz NOT NULL DEFAULT '-infinity',
+    input_usd_per_mtok       numeric     NOT NULL CHECK (input_usd_per_mtok >= 0),
+    output_usd_per_mtok      numeric     NOT NULL CHECK (output_usd_per_mtok >= 0),
+    cache_write_usd_per_mtok numeric     CHECK (cache_write_usd_per_mtok >= 0),
+    cache_read_usd_per_mtok  numeric     CHECK (cache_read_usd_per_mtok >= 0),
+    PRIMARY KEY (model, valid_from)
+);
+COMMENT ON TABLE damascus.prices IS 'USD per million tokens by model, from valid_from on; a cycle is priced with the row valid when it started';
+COMMENT ON COLUMN damascus.prices.model IS 'Model name exactly as the request names it (cycles.model)';
+COMMENT ON COLUMN damascus.prices.valid_from IS 'From when this price applies (the latest row not after a cycle''s start is used); -infinity by default';
+COMMENT ON COLUMN damascus.prices.input_usd_per_mtok IS 'USD per million uncached input tokens';
+COMMENT ON COLUMN damascus.prices.output_usd_per_mtok IS 'USD per million output tokens';
+COMMENT ON COLUMN damascus.prices.cache_write_usd_per_mtok IS 'USD per million tokens written to the prompt cache (Anthropic); NULL: priced as input';
+COMMENT ON COLUMN damascus.prices.cache_read_usd_per_mtok IS 'USD per million input tokens read from the prompt cache; NULL: priced as input';
+REVOKE ALL ON damascus.prices FROM PUBLIC;
+
+-- Budgets stop claims before a call, not bills after it.
+CREATE TABLE damascus.budgets (
+    id             bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    scope          text        NOT NULL DEFAULT 'all' CHECK (scope ~ '^[a-z_][a-z0-9_]{0,62}$'),
+    period         text        NOT NULL CHECK (period IN ('day', 'month')),
+    limit_usd      numeric     CHECK (limit_usd > 0),
+    limit_tokens   bigint      CHECK (limit_tokens > 0),
+    blocked_until  timestamptz,
+    blocked_reason text,
+    CONSTRAINT budgets_have_a_limit CHECK (limit_usd IS NOT NULL OR limit_tokens IS NOT NULL)
+);
+COMMENT ON TABLE damascus.budgets IS 'Spend limits per scope and period (UTC): a cycle whose worst case would pass one is not run';
+COMMENT ON COLUMN damascus.budgets.id IS 'Budget id';
+COMMENT ON COLUMN damascus.budgets.scope IS 'all, or the name of one phase';
+COMMENT ON COLUMN damascus.budgets.period IS 'day or month, in UTC; spend counts from the start of the current one';
+COMMENT ON COLUMN damascus.budgets.limit_usd IS 'Most USD the scope may spend in a period (cycles priced by damascus.prices)';
+COMMENT ON COLUMN damascus.budgets.limit_tokens IS 'Most tokens the scope may use in a period: input (cache reads and writes included) plus output';
+COMMENT ON COLUMN damascus.budgets.blocked_until IS 'Set when a cycle did not fit: no claim in the scope before then (a minute, at most the period''s end); cleared when a limit changes';
+COMMENT ON COLUMN damascus.budgets.blocked_reason IS 'Why the budget last held a cycle back, with its numbers';
+REVOKE ALL ON damascus.budgets FROM PUBLIC;
+REVOKE ALL ON SEQUENCE damascus.budgets_id_seq FROM PUBLIC;
+
+ALTER TABLE damascus.cycles
+    ADD COLUMN reserved_usd    numeric,
+    ADD COLUMN reserved_tokens bigint;
+COMMENT ON COLUMN damascus.cycles.reserved_usd IS 'Worst-case cost reserved against budgets before the call (input estimate + max_tokens, priced)';
+COMMENT ON COLUMN damascus.cycles.reserved_tokens IS 'Worst-case tokens reserved against budgets before the call (one per byte of prompt, plus max_tokens)';
+
 -- Operating it: wake-up at commit, the metrics views and the analyzer.
 
 -- Any insert, or an update that leaves a ticket unclaimed in a live state (a verdict, an approval, a release,
@@ -324,25 +383,79 @@ COMMENT ON FUNCTION damascus.worker_counters() IS
 REVOKE EXECUTE ON FUNCTION damascus.wake_workers() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION damascus.worker_counters() FROM PUBLIC;
 
+-- The stale window as the workers read it: '30min' where the library is loaded, the configured text (minutes
+-- when it has no unit) where it is not.
+CREATE FUNCTION damascus.stale_window() RETURNS interval
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN s.v ~ '^\d+$' THEN make_interval(mins => s.v::integer) ELSE s.v::interval END
+    FROM (SELECT coalesce(nullif(current_setting('damascus.stale_claim_minutes', true), ''), '30') AS v) AS s
+$$;
+COMMENT ON FUNCTION damascus.stale_window() IS 'damascus.stale_claim_minutes as an interval';
+REVOKE EXECUTE ON FUNCTION damascus.stale_window() FROM PUBLIC;
+
+-- What a budget's scope has spent in its current period (cycles with a verdict) and holds reserved (cycles in
+-- flight under a live claim). Tokens: input, cache writes and reads, output (OpenAI's prompt_tokens already
+-- include its cached tokens).
+CREATE FUNCTION damascus.budget_usage(scope text, period text,
+                                      OUT period_start timestamptz, OUT spent_usd numeric, OUT spent_tokens bigint,
+                                      OUT reserved_usd numeric, OUT reserved_tokens bigint)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    WITH start AS (
+        SELECT date_trunc(budget_usage.period, now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS t
+    ), spent AS (
+        SELECT coalesce(sum(c.cost_usd), 0) AS usd,
+               coalesce(sum(CASE WHEN c.provider = 'openai'
+                                 THEN coalesce(c.input_tokens, 0) + coalesce(c.output_tokens, 0)
+                                 ELSE coalesce(c.input_tokens, 0) + coalesce(c.cache_write_tokens, 0)
+                                      + coalesce(c.cache_read_tokens, 0) + coalesce(c.output_tokens, 0) END),
+                        0)::bigint AS tokens
+        FROM damascus.cycles AS c, start
+        WHERE c.started_at >= start.t AND c.verdict IS NOT NULL
+          AND (budget_usage.scope = 'all' OR c.phase = budget_usage.scope)
+    ), reserved AS (
+        SELECT coalesce(sum(c.reserved_usd), 0) AS usd, coalesce(sum(c.reserved_tokens), 0)::bigint AS tokens
+        FROM damascus.cycles AS c
+        JOIN damascus.tickets AS t
+          ON t.id = c.ticket_id AND t.claim_token = c.claim_token
+         AND t.claimed_at > now() - damascus.stale_window()
+        WHERE c.verdict IS NULL AND (budget_usage.scope = 'all' OR c.phase = budget_usage.scope)
+    )
+    SELECT start.t, spent.usd, spent.tokens, reserved.usd, reserved.tokens FROM start, spent, reserved
+$$;
+COMMENT ON FUNCTION damascus.budget_usage(text, text) IS
+    'Spend and tokens of a budget scope in its current UTC period, and the worst cases reserved by cycles in flight';
+REVOKE EXECUTE ON FUNCTION damascus.budget_usage(text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION damascus.stale_window(), damascus.budget_usage(text, text) TO pg_monitor, damascus_user;
+
 CREATE VIEW damascus.queue AS
-SELECT t.state,
-       (SELECT p.name FROM damascus.phases AS p WHERE p.enabled AND p.from_state = t.state) AS phase,
-       count(*) AS tickets,
-       count(*) FILTER (WHERE t.claimed_at IS NOT NULL) AS claimed,
-       count(*) FILTER (WHERE t.claimed_at < now() - w.stale_window) AS stale_claims,
-       count(*) FILTER (WHERE t.claimed_at IS NULL AND t.not_before > now()) AS backing_off,
-       count(*) FILTER (WHERE t.claimed_at IS NULL AND t.state NOT IN ('done', 'failed', 'cancelled')
-                          AND (t.not_before IS NULL OR t.not_before <= now())) AS waiting,
-       now() - min(t.updated_at) FILTER (WHERE t.claimed_at IS NULL
-                                           AND t.state NOT IN ('done', 'failed', 'cancelled')) AS oldest_waiting
-FROM damascus.tickets AS t,
-     -- The stale window as the workers read it: '30min' where the library is loaded, the configured text
-     -- (minutes when it has no unit) where it is not.
-     (SELECT CASE WHEN s.v ~ '^\d+$' THEN make_interval(mins => s.v::integer) ELSE s.v::interval END AS stale_window
-      FROM (SELECT coalesce(nullif(current_setting('damascus.stale_claim_minutes', true), ''), '30') AS v) AS s) AS w
-GROUP BY t.state;
+SELECT g.state, g.phase, g.tickets, g.claimed, g.stale_claims, g.backing_off, g.waiting, g.oldest_waiting,
+       -- Waiting tickets a budget holds back, and why (damascus.budget_status has the numbers).
+       CASE WHEN h.reason IS NULL THEN 0 ELSE g.waiting END AS held_by_budget,
+       h.reason AS held_reason
+FROM (
+    SELECT t.state,
+           (SELECT p.name FROM damascus.phases AS p WHERE p.enabled AND p.from_state = t.state) AS phase,
+           count(*) AS tickets,
+           count(*) FILTER (WHERE t.claimed_at IS NOT NULL) AS claimed,
+           count(*) FILTER (WHERE t.claimed_at < now() - damascus.stale_window()) AS stale_claims,
+           count(*) FILTER (WHERE t.claimed_at IS NULL AND t.not_before > now()) AS backing_off,
+           count(*) FILTER (WHERE t.claimed_at IS NULL AND t.state NOT IN ('done', 'failed', 'cancelled')
+                              AND (t.not_before IS NULL OR t.not_before <= now())) AS waiting,
+           now() - min(t.updated_at) FILTER (WHERE t.claimed_at IS NULL
+                                               AND t.state NOT IN ('done', 'failed', 'cancelled')) AS oldest_waiting
+    FROM damascus.tickets AS t
+    GROUP BY t.state
+) AS g
+LEFT JOIN LATERAL (
+    SELECT b.blocked_reason AS reason
+    FROM damascus.phases AS p
+    JOIN damascus.budgets AS b ON b.scope IN ('all', p.name)
+    WHERE p.enabled AND p.kind = 'llm' AND p.from_state = g.state AND b.blocked_until > now()
+    ORDER BY b.id
+    LIMIT 1
+) AS h ON true;
 COMMENT ON VIEW damascus.queue IS
-    'Per state: the phase that claims it, tickets, claimed, stale claims, backing off (not_before), waiting, and how long the oldest unclaimed one has waited since its last change';
+    'Per state: the phase that claims it, tickets, claimed, stale claims, backing off (not_before), waiting, how long the oldest unclaimed one has waited since its last change, and the waiting tickets a budget holds back with its reason';
 
 CREATE VIEW damascus.phase_stats AS
 SELECT c.phase,
@@ -479,9 +592,22 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
             AND NOT EXISTS (SELECT 1 FROM damascus.phases AS p
                             WHERE p.enabled AND p.kind = 'approval' AND p.from_state = t.state)
           GROUP BY t.state) AS s
+    UNION ALL
+    -- A budget holding work back now.
+    SELECT 'warning',
+           format('budget %s (%s per %s) holds work back: %s', b.id, b.scope, b.period, b.blocked_reason),
+           jsonb_build_object('budget', b.id, 'scope', b.scope, 'period', b.period, 'period_start', u.period_start,
+                              'limit_usd', b.limit_usd, 'limit_tokens', b.limit_tokens,
+                              'spent_usd', u.spent_usd, 'spent_tokens', u.spent_tokens,
+                              'reserved_usd', u.reserved_usd, 'reserved_tokens', u.reserved_tokens),
+           format('Raise the limit (UPDATE damascus.budgets SET limit_usd = ... WHERE id = %s) or wait for the period to turn at %s UTC.',
+                  b.id, (date_trunc(b.period, now() AT TIME ZONE 'UTC') + ('1 ' || b.period)::interval))
+    FROM damascus.budgets AS b
+    CROSS JOIN LATERAL damascus.budget_usage(b.scope, b.period) AS u
+    WHERE b.blocked_until > now()
 $$;
 COMMENT ON FUNCTION damascus_analyze(interval) IS
-    'Findings over the given past (default a day), one row each with severity, evidence and a hint: truncation at max_tokens, LLM failures, lost claims, rejection loops, approvals waiting, tickets not moving';
+    'Findings over the given past (default a day), one row each with severity, evidence and a hint: truncation at max_tokens, LLM failures, lost claims, rejection loops, approvals waiting, tickets not moving, budgets holding work back';
 REVOKE EXECUTE ON FUNCTION damascus_analyze(interval) FROM PUBLIC;
 
 -- Monitoring: pg_monitor and damascus_user read the views and run the analyzer; nobody else.
@@ -490,3 +616,105 @@ GRANT USAGE ON SCHEMA damascus TO pg_monitor;
 GRANT SELECT ON damascus.queue, damascus.phase_stats, damascus.worker_status TO pg_monitor, damascus_user;
 GRANT EXECUTE ON FUNCTION damascus.worker_counters() TO pg_monitor, damascus_user;
 GRANT EXECUTE ON FUNCTION damascus_analyze(interval) TO pg_monitor, damascus_user;
+
+-- Spend: the cost of a call from its usage and the price valid when it started. Each provider counts its own
+-- way: Anthropic's input_tokens exclude the cached ones (cache writes and reads come on top), OpenAI's
+-- prompt_tokens include the cached ones (so the uncached part is prompt_tokens - cached_tokens).
+CREATE FUNCTION damascus.cycle_cost(provider text, model text, at timestamptz, input_tokens integer,
+                                    output_tokens integer, cache_write_tokens integer, cache_read_tokens integer,
+                                    OUT cost_usd numeric, OUT cost_note text)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN input_tokens IS NULL OR output_tokens IS NULL THEN NULL
+                WHEN p.model IS NULL THEN NULL
+                WHEN provider = 'openai' THEN
+                    ((input_tokens - coalesce(cache_read_tokens, 0)) * p.input_usd_per_mtok
+                     + coalesce(cache_read_tokens, 0) * coalesce(p.cache_read_usd_per_mtok, p.input_usd_per_mtok)
+                     + output_tokens * p.output_usd_per_mtok) / 1000000
+                ELSE
+                    (input_tokens * p.input_usd_per_mtok
+                     + coalesce(cache_write_tokens, 0) * coalesce(p.cache_write_usd_per_mtok, p.input_usd_per_mtok)
+                     + coalesce(cache_read_tokens, 0) * coalesce(p.cache_read_usd_per_mtok, p.input_usd_per_mtok)
+                     + output_tokens * p.output_usd_per_mtok) / 1000000
+           END,
+           CASE WHEN input_tokens IS NULL OR output_tokens IS NULL THEN 'the provider reported no usage'
+                WHEN p.model IS NULL THEN format('no price for model %s at %s (damascus.prices)', model, at)
+           END
+    FROM (SELECT 1) AS one
+    LEFT JOIN LATERAL (SELECT * FROM damascus.prices AS r
+                       WHERE r.model = cycle_cost.model AND r.valid_from <= cycle_cost.at
+                       ORDER BY r.valid_from DESC LIMIT 1) AS p ON true
+$$;
+COMMENT ON FUNCTION damascus.cycle_cost(text, text, timestamptz, integer, integer, integer, integer) IS
+    'Cost in USD of one call from its token counts and the price of its model valid at the given time; NULL with the reason when unknown';
+REVOKE EXECUTE ON FUNCTION damascus.cycle_cost(text, text, timestamptz, integer, integer, integer, integer) FROM PUBLIC;
+
+CREATE VIEW damascus.spend AS
+SELECT (c.started_at AT TIME ZONE 'UTC')::date AS day,
+       c.phase,
+       c.model,
+       count(*) AS cycles,
+       sum(c.input_tokens) AS input_tokens,
+       sum(c.output_tokens) AS output_tokens,
+       sum(c.cache_write_tokens) AS cache_write_tokens,
+       sum(c.cache_read_tokens) AS cache_read_tokens,
+       sum(c.cost_usd) AS cost_usd,
+       count(*) FILTER (WHERE c.cost_usd IS NULL AND c.input_tokens IS NOT NULL) AS unpriced_cycles
+FROM damascus.cycles AS c
+WHERE c.provider IS NOT NULL
+GROUP BY 1, 2, 3;
+COMMENT ON VIEW damascus.spend IS
+    'Spend and tokens by day (UTC), phase and model; unpriced_cycles have usage but no price';
+
+CREATE VIEW damascus.ticket_spend AS
+SELECT c.ticket_id,
+       count(*) AS cycles,
+       sum(c.input_tokens) AS input_tokens,
+       sum(c.output_tokens) AS output_tokens,
+       sum(c.cache_write_tokens) AS cache_write_tokens,
+       sum(c.cache_read_tokens) AS cache_read_tokens,
+       sum(c.cost_usd) AS cost_usd
+FROM damascus.cycles AS c
+WHERE c.provider IS NOT NULL
+GROUP BY c.ticket_id;
+COMMENT ON VIEW damascus.ticket_spend IS
+    'Per ticket, the total over all its cycles (retries and rejected answers included)';
+
+REVOKE ALL ON damascus.spend, damascus.ticket_spend FROM PUBLIC;
+GRANT SELECT ON damascus.spend, damascus.ticket_spend TO pg_monitor, damascus_user;
+GRANT SELECT ON damascus.prices TO damascus_user;
+GRANT INSERT, UPDATE, DELETE ON damascus.prices TO damascus_admin;
+
+-- Budgets: what each has spent and holds reserved in its current period. Spent: cycles with a verdict that
+-- started in the period. Reserved: the worst cases of cycles still running under a live claim (a dead
+-- worker's reservation lapses with its claim's stale window).
+CREATE VIEW damascus.budget_status AS
+SELECT b.id, b.scope, b.period, s.period_start, b.limit_usd, b.limit_tokens,
+       s.spent_usd, s.spent_tokens, s.reserved_usd, s.reserved_tokens,
+       b.blocked_until > now() AS blocked, b.blocked_reason
+FROM damascus.budgets AS b
+CROSS JOIN LATERAL damascus.budget_usage(b.scope, b.period) AS s;
+COMMENT ON VIEW damascus.budget_status IS
+    'Per budget: the current period, its limits, what was spent, what cycles in flight hold reserved, and whether it holds claims back';
+
+CREATE FUNCTION damascus.budget_changed() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    -- A raised (or any changed) limit lets work go on at once.
+    IF NEW.limit_usd IS DISTINCT FROM OLD.limit_usd OR NEW.limit_tokens IS DISTINCT FROM OLD.limit_tokens
+       OR NEW.scope IS DISTINCT FROM OLD.scope OR NEW.period IS DISTINCT FROM OLD.period THEN
+        NEW.blocked_until := NULL;
+    END IF;
+    RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION damascus.budget_changed() IS 'Trigger: a changed limit, scope or period unblocks the budget';
+REVOKE EXECUTE ON FUNCTION damascus.budget_changed() FROM PUBLIC;
+CREATE TRIGGER budgets_unblock_on_change BEFORE UPDATE ON damascus.budgets
+    FOR EACH ROW EXECUTE FUNCTION damascus.budget_changed();
+COMMENT ON TRIGGER budgets_unblock_on_change ON damascus.budgets IS
+    'Clears blocked_until when a limit, the scope or the period changes';
+
+REVOKE ALL ON damascus.budget_status FROM PUBLIC;
+GRANT SELECT ON damascus.budget_status TO pg_monitor, damascus_user;
+GRANT SELECT ON damascus.budgets TO damascus_user;
+GRANT INSERT, UPDATE, DELETE ON damascus.budgets TO damascus_admin;

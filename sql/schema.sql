@@ -120,6 +120,65 @@ COMMENT ON INDEX damascus.cycles_open IS 'Cycles without a verdict yet (calls in
 CREATE INDEX cycles_started ON damascus.cycles (started_at);
 COMMENT ON INDEX damascus.cycles_started IS 'Cycles by start time: recent-window statistics and retention';
 
+-- Usage and cost per cycle: the provider's usage object and its own counts, priced from damascus.prices.
+ALTER TABLE damascus.cycles
+    ADD COLUMN cache_write_tokens integer,
+    ADD COLUMN cache_read_tokens  integer,
+    ADD COLUMN usage              jsonb,
+    ADD COLUMN cost_usd           numeric,
+    ADD COLUMN cost_note          text;
+COMMENT ON COLUMN damascus.cycles.cache_write_tokens IS 'Anthropic cache_creation_input_tokens; NULL when not reported (OpenAI reports none)';
+COMMENT ON COLUMN damascus.cycles.cache_read_tokens IS 'Anthropic cache_read_input_tokens, OpenAI prompt_tokens_details.cached_tokens; NULL when not reported (never 0 for missing)';
+COMMENT ON COLUMN damascus.cycles.usage IS 'The provider''s usage object, verbatim';
+COMMENT ON COLUMN damascus.cycles.cost_usd IS 'What the call cost in USD, from the price valid when the cycle started; NULL with cost_note when unknown';
+COMMENT ON COLUMN damascus.cycles.cost_note IS 'Why cost_usd is NULL: no price for the model, or no usage reported';
+
+CREATE TABLE damascus.prices (
+    model                    text        NOT NULL CHECK (length(model) > 0),
+    valid_from               timestamptz NOT NULL DEFAULT '-infinity',
+    input_usd_per_mtok       numeric     NOT NULL CHECK (input_usd_per_mtok >= 0),
+    output_usd_per_mtok      numeric     NOT NULL CHECK (output_usd_per_mtok >= 0),
+    cache_write_usd_per_mtok numeric     CHECK (cache_write_usd_per_mtok >= 0),
+    cache_read_usd_per_mtok  numeric     CHECK (cache_read_usd_per_mtok >= 0),
+    PRIMARY KEY (model, valid_from)
+);
+COMMENT ON TABLE damascus.prices IS 'USD per million tokens by model, from valid_from on; a cycle is priced with the row valid when it started';
+COMMENT ON COLUMN damascus.prices.model IS 'Model name exactly as the request names it (cycles.model)';
+COMMENT ON COLUMN damascus.prices.valid_from IS 'From when this price applies (the latest row not after a cycle''s start is used); -infinity by default';
+COMMENT ON COLUMN damascus.prices.input_usd_per_mtok IS 'USD per million uncached input tokens';
+COMMENT ON COLUMN damascus.prices.output_usd_per_mtok IS 'USD per million output tokens';
+COMMENT ON COLUMN damascus.prices.cache_write_usd_per_mtok IS 'USD per million tokens written to the prompt cache (Anthropic); NULL: priced as input';
+COMMENT ON COLUMN damascus.prices.cache_read_usd_per_mtok IS 'USD per million input tokens read from the prompt cache; NULL: priced as input';
+REVOKE ALL ON damascus.prices FROM PUBLIC;
+
+-- Budgets stop claims before a call, not bills after it.
+CREATE TABLE damascus.budgets (
+    id             bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    scope          text        NOT NULL DEFAULT 'all' CHECK (scope ~ '^[a-z_][a-z0-9_]{0,62}$'),
+    period         text        NOT NULL CHECK (period IN ('day', 'month')),
+    limit_usd      numeric     CHECK (limit_usd > 0),
+    limit_tokens   bigint      CHECK (limit_tokens > 0),
+    blocked_until  timestamptz,
+    blocked_reason text,
+    CONSTRAINT budgets_have_a_limit CHECK (limit_usd IS NOT NULL OR limit_tokens IS NOT NULL)
+);
+COMMENT ON TABLE damascus.budgets IS 'Spend limits per scope and period (UTC): a cycle whose worst case would pass one is not run';
+COMMENT ON COLUMN damascus.budgets.id IS 'Budget id';
+COMMENT ON COLUMN damascus.budgets.scope IS 'all, or the name of one phase';
+COMMENT ON COLUMN damascus.budgets.period IS 'day or month, in UTC; spend counts from the start of the current one';
+COMMENT ON COLUMN damascus.budgets.limit_usd IS 'Most USD the scope may spend in a period (cycles priced by damascus.prices)';
+COMMENT ON COLUMN damascus.budgets.limit_tokens IS 'Most tokens the scope may use in a period: input (cache reads and writes included) plus output';
+COMMENT ON COLUMN damascus.budgets.blocked_until IS 'Set when a cycle did not fit: no claim in the scope before then (a minute, at most the period''s end); cleared when a limit changes';
+COMMENT ON COLUMN damascus.budgets.blocked_reason IS 'Why the budget last held a cycle back, with its numbers';
+REVOKE ALL ON damascus.budgets FROM PUBLIC;
+REVOKE ALL ON SEQUENCE damascus.budgets_id_seq FROM PUBLIC;
+
+ALTER TABLE damascus.cycles
+    ADD COLUMN reserved_usd    numeric,
+    ADD COLUMN reserved_tokens bigint;
+COMMENT ON COLUMN damascus.cycles.reserved_usd IS 'Worst-case cost reserved against budgets before the call (input estimate + max_tokens, priced)';
+COMMENT ON COLUMN damascus.cycles.reserved_tokens IS 'Worst-case tokens reserved against budgets before the call (one per byte of prompt, plus max_tokens)';
+
 CREATE TABLE damascus.phases (
     name            text        PRIMARY KEY CHECK (name ~ '^[a-z_][a-z0-9_]{0,62}$'),
     position        integer     NOT NULL,

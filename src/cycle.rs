@@ -344,11 +344,53 @@ pub fn begin_many(ctx: &Rc<Context>, want: usize) -> Vec<Begun> {
     }
 }
 
+/// The verdict of a cycle a budget held back before its call (no attempt used).
+const BUDGET_HELD: &str = "budget_held";
+
+/// Inside the phase transaction: reserves the cycle's worst case against the budgets of its scope, or holds it
+/// back (the reason). The worst case counts one token per byte of the rendered prompt (no tokenizer counts
+/// more) plus the phase's max_tokens. A phase row that cannot run reserves nothing; it fails later as ever.
+fn reserve(ctx: &Context, claim: &Claim, start: &store::PhaseStart) -> Option<String> {
+    let phase = PhaseDef::from_row(start.phase.clone()?).ok()?;
+    let prompt = phase.prompt(&start.input);
+    let input = clamp_i32((prompt.system.len() + prompt.user.len()) as i64);
+    let model = phase
+        .model
+        .clone()
+        .unwrap_or_else(|| ctx.settings.llm.model.clone());
+    store::reserve_budget(
+        claim,
+        start.cycle_id,
+        ctx.settings.provider.name(),
+        &model,
+        input,
+        clamp_i32(i64::from(prompt.max_tokens)),
+    )
+    .or_raise()
+}
+
 /// The phase transaction of one claim, then its call.
 fn start(ctx: &Rc<Context>, claim: Claim) -> Begun {
-    let start = match soft_transaction(|| store::begin_phase(&claim, &ctx.worker).or_raise()) {
-        Ok(Some(s)) => s,
-        Ok(None) => {
+    let phase_txn = soft_transaction(|| {
+        let start = store::begin_phase(&claim, &ctx.worker).or_raise();
+        let held = start
+            .as_ref()
+            .filter(|s| s.budgets)
+            .and_then(|s| reserve(ctx, &claim, s));
+        (start, held)
+    });
+    let start = match phase_txn {
+        Ok((Some(_), Some(reason))) => {
+            log!(
+                "damascus: {}: ticket {} {} held back by a budget: {reason}",
+                ctx.worker,
+                claim.ticket_id,
+                claim.phase
+            );
+            return Begun::Ended(row(&claim, BUDGET_HELD, Some(claim.state.clone())));
+        }
+        Ok((Some(s), None)) => s,
+        Ok((None, _)) => {
             return Begun::Ended(row(&claim, Kind::ClaimLost.generic_name(), None));
         }
         Err(e) => return Begun::Ended(failed(ctx, &claim, None, &e)),
@@ -386,6 +428,7 @@ fn start(ctx: &Rc<Context>, claim: Claim) -> Begun {
                 .unwrap_or_else(|| ctx.settings.llm.model.clone()),
             prompt_sha256: String::new(),
             answer: None,
+            ..CallFacts::default()
         };
         return Begun::Ended(write_verdict(
             ctx,
@@ -475,6 +518,9 @@ impl Calling {
             prompt_sha256,
             // Postgres text cannot hold NUL; the answer is kept with it replaced so it can still be read.
             answer: completion.map(|c| c.text.replace('\0', "\u{fffd}")),
+            cache_write_tokens: completion.and_then(|c| c.cache_write_tokens).map(clamp_i32),
+            cache_read_tokens: completion.and_then(|c| c.cache_read_tokens).map(clamp_i32),
+            usage: completion.and_then(|c| c.usage.clone()),
         };
         write_verdict(&ctx, &claim, cycle_id, &judgement, &facts)
     }

@@ -33,6 +33,7 @@ const RELEASE_TICKET: &str = include_str!("../sql/runtime/release_ticket.sql");
 const TICKET_STATUS: &str = include_str!("../sql/runtime/ticket_status.sql");
 const PRUNE_CYCLES: &str = include_str!("../sql/runtime/prune_cycles.sql");
 const ANYTHING_CLAIMABLE: &str = include_str!("../sql/runtime/anything_claimable.sql");
+const RESERVE_BUDGET: &str = include_str!("../sql/runtime/reserve_budget.sql");
 
 /// A committed claim on one ticket, for the phase that claims its state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +52,8 @@ pub struct PhaseStart {
     pub input: TicketInput,
     /// The phase row as it is now; `None` when it was changed or removed since the claim.
     pub phase: Option<PhaseRow>,
+    /// Whether any budget exists, so the cycle's worst case must be reserved before its call.
+    pub budgets: bool,
 }
 
 /// Measurements and evidence of the call, stored on the cycle row.
@@ -65,6 +68,10 @@ pub struct CallFacts {
     pub model: String,
     pub prompt_sha256: String,
     pub answer: Option<String>,
+    pub cache_write_tokens: Option<i32>,
+    pub cache_read_tokens: Option<i32>,
+    /// The provider's usage object, verbatim.
+    pub usage: Option<serde_json::Value>,
 }
 
 /// Where the verdict left the ticket.
@@ -277,8 +284,36 @@ pub fn begin_phase(claim: &Claim, worker: &str) -> Result<Option<PhaseStart>, Da
                 cycle_id: required(&row, 1, "cycle id")?,
                 input,
                 phase,
+                budgets: row.get::<bool>(23)?.unwrap_or(false),
             }))
         },
+    )
+}
+
+/// A cycle's worst case against the budgets of its scope, in its phase transaction: `None` when reserved, the
+/// reason when the cycle is held back (then its claim is given back and its cycle row closed as budget_held).
+pub fn reserve_budget(
+    claim: &Claim,
+    cycle_id: i64,
+    provider: &str,
+    model: &str,
+    input_tokens: i32,
+    max_tokens: i32,
+) -> Result<Option<String>, DamascusError> {
+    run(
+        "reserve_budget",
+        RESERVE_BUDGET,
+        &[
+            claim.ticket_id.into(),
+            claim.token.into(),
+            cycle_id.into(),
+            claim.phase.clone().into(),
+            provider.to_string().into(),
+            model.to_string().into(),
+            input_tokens.into(),
+            max_tokens.into(),
+        ],
+        |table| Ok(table.first().get::<String>(1)?),
     )
 }
 
@@ -338,6 +373,9 @@ pub fn apply_verdict(
             facts.model.clone().into(),
             facts.prompt_sha256.clone().into(),
             facts.answer.clone().into(),
+            facts.cache_write_tokens.into(),
+            facts.cache_read_tokens.into(),
+            facts.usage.clone().map(JsonB).into(),
         ],
         |table| {
             let row = table.first();

@@ -55,6 +55,11 @@ pub enum Behavior {
     /// Send the head of a 200 and the start of its body, then one byte every 200 ms until the
     /// client gives up or the server shuts down.
     Endless,
+    /// Answer like `Good`, with prompt-cache usage: Anthropic's `cache_creation_input_tokens` =
+    /// `write` and `cache_read_input_tokens` = `read`; OpenAI's `prompt_tokens_details` =
+    /// `{"cached_tokens": read}`. A `read` of `None` is sent as `null` (Anthropic) or as
+    /// `"prompt_tokens_details": null` (OpenAI), as some servers do.
+    Cached { write: u64, read: Option<u64> },
 }
 
 /// Bounds for `huge=`: at least one MiB, and at most what a test can afford to send.
@@ -64,7 +69,7 @@ const HUGE_MAX_MIB: u32 = 200;
 const SPELLINGS: &str = "good, truncated, missing=<Section Name>, empty=<Section Name>, fenced, \
                          reject, no-diff, slow=<millis>, status=<code>, flaky=<code>:<n>, \
                          garbage, wrong-shape, huge=<MiB>, not-utf8, empty-content, odd-block, \
-                         hang, endless, reset";
+                         hang, endless, reset, cache=<write>:<read|null>";
 
 /// A marker in prompt text looks like `[fakellm:truncated]`.
 pub(crate) const MARKER_OPEN: &str = "[fakellm:";
@@ -114,6 +119,24 @@ impl Behavior {
                     .ok_or_else(|| format!("{usage} needs a count of at least 1, got {times:?}"))?;
                 Behavior::Flaky { status, times }
             }
+            ("cache", Some(arg)) => {
+                let usage = "cache=<write>:<read|null>";
+                let (write, read) = arg.split_once(':').ok_or_else(|| {
+                    format!("{usage} needs two counts, like cache=1800:12000; got {arg:?}")
+                })?;
+                let write = write
+                    .trim()
+                    .parse::<u64>()
+                    .map_err(|_| format!("{usage}: {write:?} is not a token count"))?;
+                let read = match read.trim() {
+                    "null" => None,
+                    n => Some(
+                        n.parse::<u64>()
+                            .map_err(|_| format!("{usage}: {n:?} is not a token count"))?,
+                    ),
+                };
+                Behavior::Cached { write, read }
+            }
             ("huge", Some(mib)) => {
                 let mib = mib
                     .parse::<u32>()
@@ -131,7 +154,7 @@ impl Behavior {
             ) => {
                 return Err(format!("behavior {key:?} takes no argument"));
             }
-            ("missing" | "empty" | "slow" | "status" | "flaky" | "huge", None) => {
+            ("missing" | "empty" | "slow" | "status" | "flaky" | "huge" | "cache", None) => {
                 return Err(format!("behavior {key:?} needs an argument: {key}=..."));
             }
             _ => {
@@ -181,6 +204,10 @@ impl fmt::Display for Behavior {
             Behavior::Reset => f.write_str("reset"),
             Behavior::Flaky { status, times } => write!(f, "flaky={status}:{times}"),
             Behavior::Huge(mib) => write!(f, "huge={mib}"),
+            Behavior::Cached { write: w, read } => match read {
+                Some(r) => write!(f, "cache={w}:{r}"),
+                None => write!(f, "cache={w}:null"),
+            },
             Behavior::NotUtf8 => f.write_str("not-utf8"),
             Behavior::EmptyContent => f.write_str("empty-content"),
             Behavior::OddBlock => f.write_str("odd-block"),
@@ -273,6 +300,21 @@ mod tests {
             }
         );
         assert_eq!(Behavior::parse("huge=9").unwrap(), Behavior::Huge(9));
+        assert_eq!(
+            Behavior::parse("cache=1800:12000").unwrap(),
+            Behavior::Cached {
+                write: 1800,
+                read: Some(12000)
+            }
+        );
+        assert_eq!(
+            Behavior::parse("cache=0:null").unwrap(),
+            Behavior::Cached {
+                write: 0,
+                read: None
+            }
+        );
+        assert!(Behavior::parse("cache=x:1").is_err());
         assert_eq!(Behavior::parse("not-utf8").unwrap(), Behavior::NotUtf8);
         assert_eq!(
             Behavior::parse("empty-content").unwrap(),

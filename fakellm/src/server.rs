@@ -484,6 +484,11 @@ fn answer(
                 format.success_around_text(shared.next_message_id(), request, text_chars);
             Reply::Endless(wire::json_response(200, start))
         }
+        Behavior::Cached { write, read } => {
+            let mut resp = message(shared, format, request, phase, &Behavior::Good);
+            format.add_cache_usage(&mut resp, *write, *read);
+            Reply::Send(resp)
+        }
         Behavior::Hang => Reply::Hang,
         Behavior::Reset => Reply::Reset,
         Behavior::Slow(delay) => Reply::SlowThenSend(

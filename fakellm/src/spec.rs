@@ -123,6 +123,7 @@ pub fn spec_for(behavior: &Behavior, feature: &str) -> Option<String> {
         Behavior::Good
         | Behavior::Slow(_)
         | Behavior::Flaky { .. }
+        | Behavior::Cached { .. }
         | Behavior::Reject
         | Behavior::NoDiff => Some(render(&parts)),
         Behavior::Truncated => {

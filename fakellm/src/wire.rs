@@ -1,7 +1,7 @@
 //! What both wire formats share: the provider-neutral request, the choice of format by
 //! route, and the pieces of an answer (error headers, token estimates) that do not depend on it.
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::http::{Head, Rejection, Response};
 use crate::phase::Answer;
@@ -71,6 +71,26 @@ impl Format {
             Format::OpenAi => openai::success_body(id, request, answer),
         };
         json_response(200, body.to_string())
+    }
+
+    /// Adds prompt-cache counts to a success response's usage, in this format's words.
+    pub(crate) fn add_cache_usage(self, resp: &mut Response, write: u64, read: Option<u64>) {
+        let Ok(mut body) = serde_json::from_slice::<Value>(&resp.body) else {
+            return;
+        };
+        match self {
+            Format::Anthropic => {
+                body["usage"]["cache_creation_input_tokens"] = json!(write);
+                body["usage"]["cache_read_input_tokens"] = json!(read);
+            }
+            Format::OpenAi => {
+                body["usage"]["prompt_tokens_details"] = match read {
+                    Some(r) => json!({"cached_tokens": r}),
+                    None => Value::Null,
+                };
+            }
+        }
+        *resp = json_response(200, body.to_string());
     }
 
     /// A 200 body split where the answer text goes, for texts that are written separately: too

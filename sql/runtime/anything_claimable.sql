@@ -5,6 +5,8 @@ SELECT EXISTS (
     SELECT 1
     FROM damascus.phases AS p
     WHERE p.enabled AND p.kind = 'llm'
+      AND NOT EXISTS (SELECT 1 FROM damascus.budgets AS b
+                      WHERE b.blocked_until > now() AND b.scope IN ('all', p.name))
       AND (EXISTS (SELECT 1 FROM damascus.tickets AS w
                    WHERE w.state = p.from_state AND w.claimed_at IS NULL AND w.not_before IS NULL)
            OR EXISTS (SELECT 1 FROM damascus.tickets AS w

@@ -4,7 +4,9 @@
 -- $1 ticket id, $2 claim token, $3 cycle id, $4 verdict, $5 detail, $6 retry (transport failure: no move),
 -- $7 state, $8 attempts, $9 rejections, $10 feedback, $11 outputs key (phase name) or NULL, $12 output,
 -- $13 retry delay in seconds, $14 http status, $15 stop reason, $16 input tokens, $17 output tokens,
--- $18 llm milliseconds, $19 provider, $20 model, $21 prompt sha256, $22 answer text.
+-- $18 llm milliseconds, $19 provider, $20 model, $21 prompt sha256, $22 answer text, $23 cache-write tokens,
+-- $24 cache-read tokens, $25 the provider's usage object. The cost comes from the price valid when the cycle
+-- started (damascus.cycle_cost), or is NULL with the reason.
 -- An applied verdict is announced with NOTIFY damascus_verdict (delivered at commit) for LISTENing clients.
 WITH moved AS (
     UPDATE damascus.tickets AS t
@@ -41,7 +43,12 @@ WITH moved AS (
         provider = $19,
         model = $20,
         prompt_sha256 = $21,
-        answer = $22
+        answer = $22,
+        cache_write_tokens = $23,
+        cache_read_tokens = $24,
+        usage = $25,
+        (cost_usd, cost_note) = (SELECT p.cost_usd, p.cost_note
+                                 FROM damascus.cycle_cost($19, $20, c.started_at, $16, $17, $23, $24) AS p)
     WHERE c.id = $3
     RETURNING c.verdict, c.phase
 ), notified AS (

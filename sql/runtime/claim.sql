@@ -53,6 +53,9 @@ WHERE t.id = ANY (ARRAY(
         ) AS stale
     ) AS c
     WHERE p.enabled AND p.kind = 'llm'
+      -- A budget that could not take a cycle holds back claims in its scope for a while.
+      AND NOT EXISTS (SELECT 1 FROM damascus.budgets AS b
+                      WHERE b.blocked_until > now() AND b.scope IN ('all', p.name))
     ORDER BY c.priority DESC, c.created_at, c.id
     LIMIT $3
 ))

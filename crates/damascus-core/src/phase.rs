@@ -499,6 +499,7 @@ mod tests {
             stop_reason: Some(stop.into()),
             input_tokens: Some(10),
             output_tokens: Some(20),
+            ..Completion::default()
         })
     }
 

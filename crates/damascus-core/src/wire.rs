@@ -150,13 +150,20 @@ fn is_secret_header(name: &str) -> bool {
     name.eq_ignore_ascii_case("x-api-key") || name.eq_ignore_ascii_case("authorization")
 }
 
-/// A model's answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A model's answer. Token counts are each provider's own (OpenAI's `prompt_tokens` include the cached ones,
+/// Anthropic's `input_tokens` do not); a count the provider left out or sent as null is `None`, never 0.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Completion {
     pub text: String,
     pub stop_reason: Option<String>,
     pub input_tokens: Option<i64>,
     pub output_tokens: Option<i64>,
+    /// Anthropic's `cache_creation_input_tokens`; OpenAI reports none.
+    pub cache_write_tokens: Option<i64>,
+    /// Anthropic's `cache_read_input_tokens`; OpenAI's `prompt_tokens_details.cached_tokens`.
+    pub cache_read_tokens: Option<i64>,
+    /// The provider's `usage` object, verbatim.
+    pub usage: Option<Value>,
 }
 
 /// The stop reasons that mean "hit the token cap": Anthropic's and OpenAI's words for it.
@@ -374,6 +381,9 @@ impl Codec for Anthropic {
                 .map(str::to_string),
             input_tokens: tokens("input_tokens"),
             output_tokens: tokens("output_tokens"),
+            cache_write_tokens: tokens("cache_creation_input_tokens"),
+            cache_read_tokens: tokens("cache_read_input_tokens"),
+            usage: usage.cloned(),
         };
         if completion.is_textless() {
             let kinds: Vec<&str> = blocks
@@ -489,6 +499,12 @@ impl Codec for OpenAi {
                 .map(str::to_string),
             input_tokens: tokens("prompt_tokens"),
             output_tokens: tokens("completion_tokens"),
+            cache_write_tokens: None,
+            cache_read_tokens: usage
+                .and_then(|u| u.get("prompt_tokens_details"))
+                .and_then(|d| d.get("cached_tokens"))
+                .and_then(Value::as_i64),
+            usage: usage.cloned(),
         };
         if completion.is_textless() {
             return Err(malformed(format!(
@@ -725,6 +741,51 @@ mod tests {
     }
 
     #[test]
+    fn anthropic_usage_keeps_cache_tokens_and_the_object_verbatim() {
+        let body = r#"{"id":"msg_1","type":"message","role":"assistant","model":"claude-sonnet-4-5",
+            "content":[{"type":"text","text":"Hi"}],"stop_reason":"end_turn","stop_sequence":null,
+            "usage":{"input_tokens":21,"cache_creation_input_tokens":1800,"cache_read_input_tokens":12000,
+                     "output_tokens":393,"service_tier":"standard"}}"#;
+        let c = Anthropic.parse(200, body).unwrap();
+        assert_eq!(
+            (
+                c.input_tokens,
+                c.output_tokens,
+                c.cache_write_tokens,
+                c.cache_read_tokens
+            ),
+            (Some(21), Some(393), Some(1800), Some(12000))
+        );
+        assert_eq!(c.usage.unwrap()["service_tier"], "standard");
+    }
+
+    #[test]
+    fn openai_cached_tokens_are_none_when_null_or_absent_never_zero() {
+        let body = |details: &str| {
+            format!(
+                r#"{{"choices":[{{"index":0,"message":{{"role":"assistant","content":"Hi"}},"finish_reason":"stop"}}],
+                "usage":{{"prompt_tokens":2006,"completion_tokens":300,"total_tokens":2306{details}}}}}"#
+            )
+        };
+        let cached = |details: &str| OpenAi.parse(200, &body(details)).unwrap().cache_read_tokens;
+        assert_eq!(
+            cached(r#","prompt_tokens_details":{"cached_tokens":1920}"#),
+            Some(1920)
+        );
+        assert_eq!(cached(r#","prompt_tokens_details":null"#), None);
+        assert_eq!(
+            cached(r#","prompt_tokens_details":{"cached_tokens":null}"#),
+            None
+        );
+        assert_eq!(cached(""), None);
+        let c = OpenAi
+            .parse(200, &body(r#","prompt_tokens_details":null"#))
+            .unwrap();
+        assert_eq!((c.input_tokens, c.cache_write_tokens), (Some(2006), None));
+        assert!(c.usage.unwrap()["prompt_tokens_details"].is_null());
+    }
+
+    #[test]
     fn parses_a_chat_completion() {
         let body = r#"{"id":"chatcmpl-1","object":"chat.completion","created":1700000000,"model":"m1",
             "choices":[{"index":0,"message":{"role":"assistant","content":"Hello world"},"finish_reason":"stop"}],
@@ -736,6 +797,8 @@ mod tests {
                 stop_reason: Some("stop".into()),
                 input_tokens: Some(12),
                 output_tokens: Some(3),
+                usage: Some(json!({"prompt_tokens":12,"completion_tokens":3,"total_tokens":15})),
+                ..Completion::default()
             })
         );
         assert!(!OpenAi.parse(200, body).unwrap().truncated());
@@ -824,6 +887,7 @@ mod tests {
             stop_reason: r.map(str::to_string),
             input_tokens: None,
             output_tokens: None,
+            ..Completion::default()
         };
         assert!(with(Some("max_tokens")).truncated());
         assert!(with(Some("length")).truncated());

@@ -363,6 +363,17 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
                             WHERE p.enabled AND p.kind = 'approval' AND p.from_state = t.state)
           GROUP BY t.state) AS s
     UNION ALL
+    -- The provider refused for its spend limit: nothing is sent until someone resumes it.
+    SELECT 'critical',
+           'the LLM provider is parked: it refused a call for its spend limit (enforced_spend_limit_reached)',
+           jsonb_build_object('parked', p.parked,
+                              'last_refusal', (SELECT c.detail FROM damascus.cycles AS c
+                                               WHERE c.detail LIKE '%enforced_spend_limit_reached%'
+                                               ORDER BY c.id DESC LIMIT 1)),
+           'Raise the spend limit with the provider, then: SELECT damascus_resume_provider();'
+    FROM damascus.provider_state() AS p
+    WHERE p.parked
+    UNION ALL
     -- A budget holding work back now.
     SELECT 'warning',
            format('budget %s (%s per %s) holds work back: %s', b.id, b.scope, b.period, b.blocked_reason),
@@ -488,3 +499,14 @@ REVOKE ALL ON damascus.budget_status FROM PUBLIC;
 GRANT SELECT ON damascus.budget_status TO pg_monitor, damascus_user;
 GRANT SELECT ON damascus.budgets TO damascus_user;
 GRANT INSERT, UPDATE, DELETE ON damascus.budgets TO damascus_admin;
+
+-- Provider limits live in shared memory (damascus.llm_rpm, llm_input_tpm, llm_output_tpm; a 429's cooldown;
+-- parked after a spend-limit refusal).
+COMMENT ON FUNCTION damascus.provider_state() IS
+    'The LLM provider''s state in shared memory: parked after a spend-limit refusal, and the milliseconds left of a cooldown a 429 started';
+COMMENT ON FUNCTION damascus_resume_provider() IS
+    'Lets calls go to the LLM provider again after it refused for its spend limit, and ends any cooldown; returns whether it was parked';
+REVOKE EXECUTE ON FUNCTION damascus.provider_state() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION damascus_resume_provider() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION damascus.provider_state() TO pg_monitor, damascus_user;
+GRANT EXECUTE ON FUNCTION damascus_resume_provider() TO damascus_admin;

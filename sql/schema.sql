@@ -179,6 +179,9 @@ ALTER TABLE damascus.cycles
 COMMENT ON COLUMN damascus.cycles.reserved_usd IS 'Worst-case cost reserved against budgets before the call (input estimate + max_tokens, priced)';
 COMMENT ON COLUMN damascus.cycles.reserved_tokens IS 'Worst-case tokens reserved against budgets before the call (one per byte of prompt, plus max_tokens)';
 
+ALTER TABLE damascus.cycles ADD COLUMN ratelimit jsonb;
+COMMENT ON COLUMN damascus.cycles.ratelimit IS 'The remaining figures of the provider''s rate-limit headers on its answer (anthropic-ratelimit-*-remaining, x-ratelimit-remaining-*), by header; NULL when it sent none';
+
 CREATE TABLE damascus.phases (
     name            text        PRIMARY KEY CHECK (name ~ '^[a-z_][a-z0-9_]{0,62}$'),
     position        integer     NOT NULL,

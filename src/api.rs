@@ -32,6 +32,13 @@ fn damascus_submit(
     crate::store::insert_ticket(&t).or_raise()
 }
 
+/// Lets calls go to the LLM provider again after it refused for its spend limit (and ends any cooldown);
+/// returns whether it was parked.
+#[pg_extern(volatile, parallel_unsafe)]
+fn damascus_resume_provider() -> bool {
+    crate::shared::resume_provider()
+}
+
 /// The C symbol 0.1.0's `damascus_tick()` is bound to (0.2.0's function has its own): reachable only from a
 /// schema that was not updated, so it refuses with the error that says to run ALTER EXTENSION damascus UPDATE.
 #[pg_guard]
@@ -99,6 +106,18 @@ mod damascus {
     #[pg_extern(volatile, parallel_safe)]
     fn worker_counters() -> TableIterator<'static, (name!(pid, i32), name!(cycles_done, i64))> {
         TableIterator::new(crate::shared::workers())
+    }
+
+    /// The LLM provider's state in shared memory: parked after a spend-limit refusal, and how long a cooldown
+    /// a 429's retry-after started still runs (0 when none).
+    #[pg_extern(volatile, parallel_safe)]
+    fn provider_state() -> TableIterator<'static, (name!(parked, bool), name!(cooldown_ms, i64))> {
+        let (parked, until_ms) = crate::shared::provider_state();
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let left = i64::try_from(until_ms.saturating_sub(now_ms)).unwrap_or(i64::MAX);
+        TableIterator::once((parked, left))
     }
 
     /// Refuses a phase definition no worker could run; called by the `damascus.phases` trigger.

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pgrx::bgworkers::BackgroundWorker;
@@ -12,11 +13,13 @@ use pgrx::prelude::*;
 
 use crate::error::OrRaise;
 use crate::guc;
+use crate::shared;
 use crate::signals;
 use crate::store::{self, CallFacts, Claim};
 use damascus_core::lease;
-use damascus_core::llm::{CallOutcome, CallPolicy, InFlight};
+use damascus_core::llm::{CallOutcome, CallPolicy, InFlight, Metered};
 use damascus_core::phase::{Judgement, Kind, PhaseDef, TicketInput};
+use damascus_core::wire::Provider;
 
 /// Whether this process has already warned that the API key was refused.
 static WARNED_UNAUTHORIZED: std::sync::atomic::AtomicBool =
@@ -322,6 +325,8 @@ pub struct Calling {
     prompt_sha256: String,
     call: InFlight,
     started: Instant,
+    /// Input and output tokens counted against the provider's limits before the call.
+    estimate: (u64, u64),
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -335,6 +340,10 @@ fn sha256_hex(bytes: &[u8]) -> String {
 /// Claims up to `want` tickets in one claim transaction, then runs each one's phase transaction and starts
 /// its call. An empty result, or one shorter than `want`, means nothing more was claimable.
 pub fn begin_many(ctx: &Rc<Context>, want: usize) -> Vec<Begun> {
+    // A provider parked after a spend-limit refusal would refuse every call: claim nothing until resumed.
+    if shared::provider_parked() {
+        return Vec::new();
+    }
     let limit = i32::try_from(want).unwrap_or(i32::MAX).max(1);
     match soft_transaction(|| {
         store::claim(ctx.settings.stale_claim_minutes, &ctx.worker, limit).or_raise()
@@ -448,14 +457,26 @@ fn start(ctx: &Rc<Context>, claim: Claim) -> Begun {
         cfg.timeout = timeout;
     }
     let codec = ctx.settings.provider.codec();
-    let request = codec.build(&cfg, &phase.prompt(&start.input));
+    let prompt = phase.prompt(&start.input);
+    // The provider's limits count input as it tokenizes, about four bytes a token; its own count replaces
+    // the estimate once it answers (`Gate::settle`). Output counts max_tokens until then, as Anthropic does.
+    let estimate = (
+        ((prompt.system.len() + prompt.user.len()) / 4).max(1) as u64,
+        u64::from(prompt.max_tokens),
+    );
+    let request = codec.build(&cfg, &prompt);
     let prompt_sha256 = sha256_hex(request.body.as_bytes());
     let policy = CallPolicy {
         timeout: cfg.timeout,
         max_retries: ctx.settings.llm_max_retries,
         max_response_bytes: ctx.settings.llm_max_response_bytes,
     };
-    let call = InFlight::send(codec, request, policy, true);
+    let metered = Metered {
+        gate: Arc::new(shared::Gate::new(ctx.settings.rate_limits)),
+        input_tokens: estimate.0,
+        output_tokens: estimate.1,
+    };
+    let call = InFlight::send_metered(codec, request, policy, Some(metered), true);
     Begun::Calling(Box::new(Calling {
         ctx: Rc::clone(ctx),
         phase,
@@ -466,6 +487,7 @@ fn start(ctx: &Rc<Context>, claim: Claim) -> Begun {
         prompt_sha256,
         call,
         started: Instant::now(),
+        estimate,
     }))
 }
 
@@ -490,8 +512,25 @@ impl Calling {
             cycle_id,
             model,
             prompt_sha256,
+            estimate,
             ..
         } = self;
+        if let Ok(c) = &outcome.result {
+            // Anthropic does not count cache reads toward its input limit; OpenAI counts all prompt tokens.
+            let counted_input = match ctx.settings.provider {
+                Provider::Anthropic => {
+                    c.input_tokens.unwrap_or(0) + c.cache_write_tokens.unwrap_or(0)
+                }
+                Provider::OpenAi => c.input_tokens.unwrap_or(0),
+            };
+            shared::Gate::new(ctx.settings.rate_limits).settle(
+                estimate,
+                (
+                    u64::try_from(counted_input).unwrap_or(0),
+                    u64::try_from(c.output_tokens.unwrap_or(0)).unwrap_or(0),
+                ),
+            );
+        }
         let judgement = phase.judge(&input, &outcome.result);
         if let Err(e) = &outcome.result
             && e.http_status() == Some(401)
@@ -521,6 +560,7 @@ impl Calling {
             cache_write_tokens: completion.and_then(|c| c.cache_write_tokens).map(clamp_i32),
             cache_read_tokens: completion.and_then(|c| c.cache_read_tokens).map(clamp_i32),
             usage: completion.and_then(|c| c.usage.clone()),
+            ratelimit: outcome.ratelimit.clone().map(serde_json::Value::Object),
         };
         write_verdict(&ctx, &claim, cycle_id, &judgement, &facts)
     }

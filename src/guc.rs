@@ -73,6 +73,11 @@ pub static LOCK_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(5000);
 /// How long one worker transaction (claim, phase, verdict, heartbeat) may run before it is cancelled (ms).
 pub static STATEMENT_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(60_000);
 
+/// The provider's rate limits per minute (0: none): requests, input tokens, output tokens.
+pub static LLM_RPM: GucSetting<i32> = GucSetting::<i32>::new(0);
+pub static LLM_INPUT_TPM: GucSetting<i32> = GucSetting::<i32>::new(0);
+pub static LLM_OUTPUT_TPM: GucSetting<i32> = GucSetting::<i32>::new(0);
+
 /// One LOG line per cycle (ticket, phase, verdict, milliseconds).
 pub static LOG_CYCLES: GucSetting<bool> = GucSetting::<bool>::new(true);
 
@@ -261,6 +266,34 @@ pub fn init() {
         GucContext::Sighup,
         GucFlags::UNIT_MS,
     );
+    for (name, short, setting) in [
+        (
+            c"damascus.llm_rpm",
+            c"Requests per minute the LLM provider allows, shared by every worker and tick; 0: no limit.",
+            &LLM_RPM,
+        ),
+        (
+            c"damascus.llm_input_tpm",
+            c"Input tokens per minute the LLM provider allows (Anthropic cache reads do not count); 0: no limit.",
+            &LLM_INPUT_TPM,
+        ),
+        (
+            c"damascus.llm_output_tpm",
+            c"Output tokens per minute the LLM provider allows (a call counts its max_tokens until it answers); 0: no limit.",
+            &LLM_OUTPUT_TPM,
+        ),
+    ] {
+        GucRegistry::define_int_guc(
+            name,
+            short,
+            c"Enforced before each call with token buckets in shared memory: a call that would exceed it waits, its claim kept.",
+            setting,
+            0,
+            i32::MAX,
+            GucContext::Sighup,
+            GucFlags::default(),
+        );
+    }
     GucRegistry::define_bool_guc(
         c"damascus.log_cycles",
         c"Logs one line per cycle at LOG level: ticket, phase, verdict and milliseconds.",
@@ -432,6 +465,8 @@ pub struct Snapshot {
     pub heartbeat_seconds: i32,
     pub log_cycles: bool,
     pub cycle_retention_minutes: i32,
+    /// The provider's limits per minute: requests, input tokens, output tokens (0: none).
+    pub rate_limits: [u64; 3],
 }
 
 /// The first line of `damascus.llm_api_key_file`, when it is set. A file that cannot be read is logged (its
@@ -476,6 +511,8 @@ pub fn snapshot() -> Snapshot {
         heartbeat_seconds: HEARTBEAT_SECONDS.get(),
         log_cycles: LOG_CYCLES.get(),
         cycle_retention_minutes: CYCLE_RETENTION_MIN.get(),
+        rate_limits: [LLM_RPM.get(), LLM_INPUT_TPM.get(), LLM_OUTPUT_TPM.get()]
+            .map(|v| u64::try_from(v).unwrap_or(0)),
     }
 }
 

@@ -1,10 +1,14 @@
-//! Shared memory of the cluster's damascus processes: the static workers' slots (pid, cycles done) and a work
-//! counter that wakes idle workers when a transaction that made a ticket claimable commits.
+//! Shared memory of the cluster's damascus processes: the static workers' slots (pid, cycles done), a work
+//! counter that wakes idle workers when a transaction that made a ticket claimable commits, and the LLM
+//! provider's gate (rate-limit buckets, a cooldown after a 429, parked after a spend-limit refusal).
 //!
 //! Only there when damascus is in `shared_preload_libraries` (shared memory is sized at server start); without
 //! it every function here is a no-op or answers nothing, and workers find work by `damascus.naptime` alone.
 
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use damascus_core::llm::{Admission, ProviderGate};
 
 use pgrx::prelude::*;
 use pgrx::{PGRXSharedMemory, PgAtomic, pg_shmem_init, pg_sys};
@@ -23,6 +27,26 @@ pub struct Shared {
     /// for work at once instead of sleeping out its naptime.
     work_seq: AtomicU64,
     workers: [StaticWorker; MAX_WORKERS],
+    provider: Provider,
+}
+
+/// The provider's state, shared by every worker and tick (and their HTTP threads, which touch only these
+/// atomics). Shared memory rather than a row: it is read before every request, from threads that cannot run
+/// SQL, and losing it in a restart costs at most one more 429.
+#[derive(Default)]
+struct Provider {
+    /// Taken around the buckets (held for a few instructions; a process killed holding it restarts the
+    /// cluster, which clears shared memory).
+    lock: AtomicBool,
+    /// Microseconds since the epoch of the last refill; 0 before the first request.
+    refilled_us: AtomicU64,
+    /// Tokens available per dimension (requests, input, output), in millionths, and the capacity they were
+    /// filled for (a changed limit starts its bucket full).
+    available: [AtomicI64; 3],
+    capacity: [AtomicU64; 3],
+    /// Milliseconds since the epoch before which nothing is sent (a 429's retry-after).
+    cooldown_until_ms: AtomicU64,
+    parked: AtomicBool,
 }
 
 // SAFETY: only atomics, valid when zeroed, and never a pointer; every process maps the same bytes.
@@ -36,6 +60,7 @@ impl Default for Shared {
                 pid: AtomicI32::new(0),
                 cycles_done: AtomicU64::new(0),
             }),
+            provider: Provider::default(),
         }
     }
 }
@@ -152,4 +177,180 @@ fn wake_workers() {
             }
         }
     }
+}
+
+const MICRO: i64 = 1_000_000;
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+impl Provider {
+    fn with_buckets<R>(&self, limits: [u64; 3], f: impl FnOnce(&mut [i64; 3], [i64; 3]) -> R) -> R {
+        while self
+            .lock
+            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            std::hint::spin_loop();
+        }
+        let now = now_us();
+        let last = self.refilled_us.swap(now, Ordering::Relaxed);
+        let elapsed = i64::try_from(now.saturating_sub(last)).unwrap_or(i64::MAX);
+        let mut avail = [0i64; 3];
+        let mut caps = [0i64; 3];
+        for d in 0..3 {
+            let cap = i64::try_from(limits[d])
+                .unwrap_or(i64::MAX / MICRO)
+                .saturating_mul(MICRO);
+            caps[d] = cap;
+            let was = self.capacity[d].swap(limits[d], Ordering::Relaxed);
+            avail[d] = if last == 0 || was != limits[d] {
+                cap
+            } else {
+                // A bucket refills its capacity once a minute, continuously.
+                let refill = elapsed.saturating_mul(i64::try_from(limits[d]).unwrap_or(0)) / 60;
+                self.available[d]
+                    .load(Ordering::Relaxed)
+                    .saturating_add(refill)
+                    .min(cap)
+            };
+        }
+        let r = f(&mut avail, caps);
+        for (slot, a) in self.available.iter().zip(avail) {
+            slot.store(a, Ordering::Relaxed);
+        }
+        self.lock.store(false, Ordering::Release);
+        r
+    }
+}
+
+/// The provider's gate with the limits one context read from the settings.
+pub struct Gate {
+    limits: [u64; 3],
+}
+
+/// The share of each configured limit damascus uses. Its buckets and the provider's run on different clocks,
+/// and a request is counted here a network latency before the provider counts it; a bucket 5% smaller and
+/// slower keeps those differences from ever putting a request over the provider's limit.
+const LIMIT_SHARE_PERCENT: u64 = 95;
+
+impl Gate {
+    pub fn new(limits: [u64; 3]) -> Gate {
+        Gate {
+            limits: limits.map(|l| {
+                if l == 0 {
+                    0
+                } else {
+                    (l.saturating_mul(LIMIT_SHARE_PERCENT) / 100).max(1)
+                }
+            }),
+        }
+    }
+
+    /// After an answer: the provider counts the real tokens, so give back what the estimate took beyond them
+    /// (or take what it missed). `input` is what counts toward the input limit.
+    pub fn settle(&self, estimated: (u64, u64), actual: (u64, u64)) {
+        let Some(s) = shared() else { return };
+        if self.limits == [0; 3] {
+            return;
+        }
+        s.provider.with_buckets(self.limits, |avail, caps| {
+            for (d, (est, real)) in [(1, (estimated.0, actual.0)), (2, (estimated.1, actual.1))] {
+                if caps[d] > 0 {
+                    let delta = (i64::try_from(est).unwrap_or(0)
+                        - i64::try_from(real).unwrap_or(0))
+                    .saturating_mul(MICRO);
+                    avail[d] = avail[d].saturating_add(delta).min(caps[d]);
+                }
+            }
+        });
+    }
+}
+
+impl ProviderGate for Gate {
+    fn admit(&self, input_tokens: u64, output_tokens: u64) -> Admission {
+        let Some(s) = shared() else {
+            return Admission::Go;
+        };
+        if s.provider.parked.load(Ordering::Acquire) {
+            return Admission::Parked;
+        }
+        let until = s.provider.cooldown_until_ms.load(Ordering::Acquire);
+        let now_ms = now_us() / 1000;
+        if until > now_ms {
+            return Admission::Wait(Duration::from_millis(until - now_ms));
+        }
+        if self.limits == [0; 3] {
+            return Admission::Go;
+        }
+        let need = [1, input_tokens, output_tokens];
+        s.provider.with_buckets(self.limits, |avail, caps| {
+            let mut wait_us = 0i64;
+            let mut want = [0i64; 3];
+            for d in 0..3 {
+                if caps[d] == 0 {
+                    continue;
+                }
+                // A request larger than a whole bucket waits for a full one, not for ever.
+                want[d] = i64::try_from(need[d])
+                    .unwrap_or(i64::MAX / MICRO)
+                    .saturating_mul(MICRO)
+                    .min(caps[d]);
+                if avail[d] < want[d] {
+                    let rate = i64::try_from(self.limits[d]).unwrap_or(1).max(1);
+                    wait_us = wait_us.max((want[d] - avail[d]).saturating_mul(60) / rate);
+                }
+            }
+            if wait_us > 0 {
+                return Admission::Wait(Duration::from_micros(
+                    u64::try_from(wait_us).unwrap_or(0).max(1000),
+                ));
+            }
+            for d in 0..3 {
+                avail[d] -= want[d];
+            }
+            Admission::Go
+        })
+    }
+
+    fn cool_down(&self, until: SystemTime) {
+        if let Some(s) = shared() {
+            let ms = until
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            s.provider.cooldown_until_ms.fetch_max(ms, Ordering::AcqRel);
+        }
+    }
+
+    fn park(&self) {
+        if let Some(s) = shared() {
+            s.provider.parked.store(true, Ordering::Release);
+        }
+    }
+}
+
+/// Whether the provider is parked (a spend-limit refusal): then nothing is claimed.
+pub fn provider_parked() -> bool {
+    shared().is_some_and(|s| s.provider.parked.load(Ordering::Acquire))
+}
+
+/// Parked, and the end of the cooldown in milliseconds since the epoch (0: none).
+pub fn provider_state() -> (bool, u64) {
+    shared().map_or((false, 0), |s| {
+        (
+            s.provider.parked.load(Ordering::Acquire),
+            s.provider.cooldown_until_ms.load(Ordering::Acquire),
+        )
+    })
+}
+
+/// Lets calls go to the provider again after a spend-limit refusal; says whether it was parked.
+pub fn resume_provider() -> bool {
+    shared().is_some_and(|s| {
+        s.provider.cooldown_until_ms.store(0, Ordering::Release);
+        s.provider.parked.swap(false, Ordering::AcqRel)
+    })
 }

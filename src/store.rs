@@ -72,6 +72,8 @@ pub struct CallFacts {
     pub cache_read_tokens: Option<i32>,
     /// The provider's usage object, verbatim.
     pub usage: Option<serde_json::Value>,
+    /// The remaining figures of the provider's rate-limit headers.
+    pub ratelimit: Option<serde_json::Value>,
 }
 
 /// Where the verdict left the ticket.
@@ -376,6 +378,7 @@ pub fn apply_verdict(
             facts.cache_write_tokens.into(),
             facts.cache_read_tokens.into(),
             facts.usage.clone().map(JsonB).into(),
+            facts.ratelimit.clone().map(JsonB).into(),
         ],
         |table| {
             let row = table.first();

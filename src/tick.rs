@@ -184,7 +184,9 @@ pub fn tick(max_cycles: i32, max_seconds: Option<i32>) -> Result<Vec<TickRow>, D
         });
     }
     ready_to_run()?;
-    if !crate::store::anything_claimable(crate::guc::stale_claim_minutes())? {
+    if crate::shared::provider_parked()
+        || !crate::store::anything_claimable(crate::guc::stale_claim_minutes())?
+    {
         return Ok(Vec::new());
     }
     let size = segment_size(max_cycles as u32);

@@ -4,6 +4,7 @@ use serde_json::{Value, json};
 
 use crate::http::{Head, Rejection};
 use crate::phase::Answer;
+use crate::ratelimit::Remaining;
 use crate::wire::{
     ChatRequest, TokenCap, content_text, input_tokens, output_tokens, refuse_streaming,
     required_string,
@@ -154,6 +155,30 @@ pub(crate) fn error_body(status: u16, message: &str) -> Value {
     json!({"type": "error", "error": {"type": error_type(status), "message": message}})
 }
 
+/// The spend cap refusal: Anthropic files it as a 429 `rate_limit_error`, and only the message
+/// (with its `enforced_spend_limit_reached` marker) tells it from a limit that passes.
+pub(crate) const SPEND_LIMIT_MESSAGE: &str = "Your organization has reached its monthly spend \
+     limit (enforced_spend_limit_reached); raise it in the console (simulated by fakellm)";
+
+/// What is left of each limited dimension, under the names the real API uses; the API counts
+/// input and output tokens apart, so each has its own header.
+pub(crate) fn rate_limit_headers(left: &Remaining) -> Vec<(&'static str, String)> {
+    [
+        ("anthropic-ratelimit-requests-remaining", left.requests),
+        (
+            "anthropic-ratelimit-input-tokens-remaining",
+            left.input_tokens,
+        ),
+        (
+            "anthropic-ratelimit-output-tokens-remaining",
+            left.output_tokens,
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(name, n)| Some((name, n?.to_string())))
+    .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,6 +258,41 @@ mod tests {
         assert_eq!(
             error_body(529, "busy"),
             json!({"type": "error", "error": {"type": "overloaded_error", "message": "busy"}})
+        );
+    }
+
+    #[test]
+    fn remaining_headers_cover_only_limited_dimensions() {
+        let all = Remaining {
+            requests: Some(4),
+            input_tokens: Some(900),
+            output_tokens: Some(0),
+        };
+        assert_eq!(
+            rate_limit_headers(&all),
+            [
+                ("anthropic-ratelimit-requests-remaining", "4".to_string()),
+                (
+                    "anthropic-ratelimit-input-tokens-remaining",
+                    "900".to_string()
+                ),
+                (
+                    "anthropic-ratelimit-output-tokens-remaining",
+                    "0".to_string()
+                ),
+            ]
+        );
+        let some = Remaining {
+            requests: None,
+            input_tokens: None,
+            output_tokens: Some(7),
+        };
+        assert_eq!(
+            rate_limit_headers(&some),
+            [(
+                "anthropic-ratelimit-output-tokens-remaining",
+                "7".to_string()
+            )]
         );
     }
 

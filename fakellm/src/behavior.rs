@@ -60,16 +60,27 @@ pub enum Behavior {
     /// `{"cached_tokens": read}`. A `read` of `None` is sent as `null` (Anthropic) or as
     /// `"prompt_tokens_details": null` (OpenAI), as some servers do.
     Cached { write: u64, read: Option<u64> },
+    /// The first request with a given last user message text gets 429 with `retry-after` of this
+    /// many seconds (1-60) and the format's rate-limit error body; later ones with that text
+    /// answer like `Good`, so a client's honouring of a long `retry-after` can be tested.
+    Cooldown(u64),
+    /// Every request gets 429 naming `enforced_spend_limit_reached`, with no `retry-after`: a
+    /// spending cap that no amount of waiting lifts, which a client must not retry.
+    SpendLimit,
 }
 
 /// Bounds for `huge=`: at least one MiB, and at most what a test can afford to send.
 const HUGE_MAX_MIB: u32 = 200;
 
+/// The longest `cooldown=` a test should have to sit through, in seconds.
+const COOLDOWN_MAX_SECS: u64 = 60;
+
 /// Shown in parse errors so a typo in a flag or marker is fixable without reading the source.
 const SPELLINGS: &str = "good, truncated, missing=<Section Name>, empty=<Section Name>, fenced, \
                          reject, no-diff, slow=<millis>, status=<code>, flaky=<code>:<n>, \
                          garbage, wrong-shape, huge=<MiB>, not-utf8, empty-content, odd-block, \
-                         hang, endless, reset, cache=<write>:<read|null>";
+                         hang, endless, reset, cache=<write>:<read|null>, cooldown=<secs>, \
+                         spend-limit";
 
 /// A marker in prompt text looks like `[fakellm:truncated]`.
 pub(crate) const MARKER_OPEN: &str = "[fakellm:";
@@ -96,6 +107,7 @@ impl Behavior {
             ("empty-content", None) => Behavior::EmptyContent,
             ("odd-block", None) => Behavior::OddBlock,
             ("endless", None) => Behavior::Endless,
+            ("spend-limit", None) => Behavior::SpendLimit,
             ("missing", Some(name)) => Behavior::MissingSection(section_arg(name)?),
             ("empty", Some(name)) => Behavior::EmptySection(section_arg(name)?),
             ("slow", Some(ms)) => {
@@ -147,14 +159,30 @@ impl Behavior {
                     })?;
                 Behavior::Huge(mib)
             }
+            ("cooldown", Some(secs)) => {
+                let secs = secs
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|n| (1..=COOLDOWN_MAX_SECS).contains(n))
+                    .ok_or_else(|| {
+                        format!(
+                            "cooldown=<secs> needs a whole number of seconds 1-{COOLDOWN_MAX_SECS}, got {secs:?}"
+                        )
+                    })?;
+                Behavior::Cooldown(secs)
+            }
             (
                 "good" | "truncated" | "fenced" | "reject" | "no-diff" | "garbage" | "wrong-shape"
-                | "hang" | "reset" | "not-utf8" | "empty-content" | "odd-block" | "endless",
+                | "hang" | "reset" | "not-utf8" | "empty-content" | "odd-block" | "endless"
+                | "spend-limit",
                 Some(_),
             ) => {
                 return Err(format!("behavior {key:?} takes no argument"));
             }
-            ("missing" | "empty" | "slow" | "status" | "flaky" | "huge" | "cache", None) => {
+            (
+                "missing" | "empty" | "slow" | "status" | "flaky" | "huge" | "cache" | "cooldown",
+                None,
+            ) => {
                 return Err(format!("behavior {key:?} needs an argument: {key}=..."));
             }
             _ => {
@@ -212,6 +240,8 @@ impl fmt::Display for Behavior {
             Behavior::EmptyContent => f.write_str("empty-content"),
             Behavior::OddBlock => f.write_str("odd-block"),
             Behavior::Endless => f.write_str("endless"),
+            Behavior::Cooldown(secs) => write!(f, "cooldown={secs}"),
+            Behavior::SpendLimit => f.write_str("spend-limit"),
         }
     }
 }
@@ -271,6 +301,11 @@ mod tests {
             "empty-content",
             "odd-block",
             "endless",
+            "cache=1800:12000",
+            "cache=0:null",
+            "cooldown=1",
+            "cooldown=60",
+            "spend-limit",
         ] {
             let b = Behavior::parse(s).unwrap();
             assert_eq!(b.to_string(), s);
@@ -322,6 +357,17 @@ mod tests {
         );
         assert_eq!(Behavior::parse("odd-block").unwrap(), Behavior::OddBlock);
         assert_eq!(Behavior::parse("endless").unwrap(), Behavior::Endless);
+        assert_eq!(
+            Behavior::parse("cooldown= 30").unwrap(),
+            Behavior::Cooldown(30)
+        );
+        assert_eq!(
+            Behavior::parse("spend-limit").unwrap(),
+            Behavior::SpendLimit
+        );
+        let unknown = Behavior::parse("nope").unwrap_err();
+        assert!(unknown.contains("cooldown=<secs>"), "{unknown}");
+        assert!(unknown.contains("spend-limit"), "{unknown}");
         assert!(
             Behavior::parse("nope")
                 .unwrap_err()
@@ -372,6 +418,16 @@ mod tests {
             "empty-content=1",
             "odd-block=x",
             "endless=5",
+            "cooldown",
+            "cooldown=",
+            "cooldown=0",
+            "cooldown=61",
+            "cooldown=-1",
+            "cooldown=1.5",
+            "cooldown=soon",
+            "spend-limit=1",
+            "spend_limit",
+            "spendlimit",
         ] {
             assert!(Behavior::parse(s).is_err(), "{s:?} should be rejected");
         }
@@ -388,5 +444,17 @@ mod tests {
         assert_eq!(find_marker("no marker here"), None);
         assert!(matches!(find_marker("[fakellm:bogus]"), Some(Err(_))));
         assert!(matches!(find_marker("[fakellm:good"), Some(Err(_))));
+        assert_eq!(
+            find_marker("[fakellm:cooldown=5] Add login"),
+            Some(Ok(Behavior::Cooldown(5)))
+        );
+        assert_eq!(
+            find_marker("Add login [fakellm:spend-limit]"),
+            Some(Ok(Behavior::SpendLimit))
+        );
+        assert!(
+            find_marker("[fakellm:cooldown=0]")
+                .is_some_and(|r| r.is_err_and(|e| e.contains("1-60")))
+        );
     }
 }

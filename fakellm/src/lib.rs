@@ -37,7 +37,16 @@
 //! * `hang`: reads the request and never answers;
 //! * `endless`: a 200 head with a large content-length, then a byte every 200 ms, never
 //!   finishing, so only the client's timeout ends it;
-//! * `reset`: reads the request and closes the connection.
+//! * `reset`: reads the request and closes the connection;
+//! * `cooldown=<secs>`: the first request with a given last user message text gets 429 with
+//!   `retry-after: <secs>` (1-60) and the rate-limit error body; later ones answer like `good`;
+//! * `spend-limit`: every request gets 429 naming `enforced_spend_limit_reached` (OpenAI:
+//!   `insufficient_quota`) and no `retry-after`, a cap that waiting does not lift.
+//!
+//! [`FakeLlm::set_rate_limits`] enforces provider rate limits ([`RateLimits`]) like the real
+//! APIs: token buckets for requests, input tokens and output tokens per minute, shared by all
+//! connections. A request the buckets cannot cover gets a 429 with `retry-after` and takes
+//! nothing; an answered one reports what is left in the format's `*-remaining` headers.
 //!
 //! Connections are kept alive between answered requests, as the real APIs do, unless the client sends
 //! `connection: close`; an error after which the request bytes may be unread, a hang or a reset closes it.
@@ -56,6 +65,7 @@ mod behavior;
 mod http;
 mod openai;
 mod phase;
+mod ratelimit;
 mod server;
 mod spec;
 mod wire;
@@ -64,10 +74,11 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub use behavior::Behavior;
 pub use phase::{REJECT_REASONS, good_diff, good_review};
+pub use ratelimit::RateLimits;
 pub use spec::{SECTIONS, good_spec, spec_for};
 
 /// One request as the server received it, kept even when it was rejected.
@@ -85,6 +96,9 @@ pub struct RecordedRequest {
     /// Which TCP connection it came on (numbered from 1 in accept order): requests sharing a number
     /// reused a kept-alive connection.
     pub connection: u64,
+    /// When its head had been read, so a test can tell that no request arrived during a
+    /// window (say, while a client should have been honouring `retry-after`).
+    pub received_at: Instant,
 }
 
 impl RecordedRequest {
@@ -165,8 +179,31 @@ impl FakeLlm {
         self.shared.request_count()
     }
 
+    /// Forgets the recorded requests and resets [`FakeLlm::rate_limited_count`].
     pub fn clear_requests(&self) {
         self.shared.clear_requests();
+    }
+
+    /// Enforces provider rate limits from now on (`None` lifts them), every bucket starting
+    /// full; also resets [`FakeLlm::rate_limited_count`].
+    ///
+    /// A well-formed chat request needs one request, its input tokens (the estimate its usage
+    /// reports) and its output cap (`max_tokens`, or `max_completion_tokens`; 0 if absent),
+    /// each at most its bucket's capacity. If every limited bucket has enough it takes it all,
+    /// and once the answer is built the part of the cap its usage did not report goes back,
+    /// as Anthropic corrects its output estimate. If not, it takes nothing and gets 429 in the
+    /// format's rate-limit envelope with `retry-after` in whole seconds (at least 1). A 200
+    /// answered under limits carries what is left in the limited dimensions, after this
+    /// request's debit and refund: `anthropic-ratelimit-{requests,input-tokens,output-tokens}-remaining`,
+    /// or `x-ratelimit-remaining-requests` and `x-ratelimit-remaining-tokens` (input + output).
+    pub fn set_rate_limits(&self, limits: Option<RateLimits>) {
+        self.shared.set_rate_limits(limits);
+    }
+
+    /// How many 429s the rate limits (not a behaviour) have sent since they were set or the
+    /// requests were cleared.
+    pub fn rate_limited_count(&self) -> u64 {
+        self.shared.rate_limited_count()
     }
 
     /// Stops accepting, wakes Slow/Hang/Endless handlers, closes open connections and joins

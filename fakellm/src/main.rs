@@ -11,7 +11,8 @@ const USAGE: &str = "usage: fakellm [--addr HOST:PORT] [--behavior SPELLING]
   --behavior SPELLING  default answer: good, truncated, missing=<Section Name>,
                        empty=<Section Name>, fenced, reject, no-diff, slow=<millis>,
                        status=<code>, flaky=<code>:<n>, garbage, wrong-shape, huge=<MiB>,
-                       not-utf8, empty-content, odd-block, hang, endless, reset
+                       not-utf8, empty-content, odd-block, hang, endless, reset,
+                       cache=<write>:<read|null>, cooldown=<secs>, spend-limit
                        (default good)
 
 Serves two wire formats on the same address:
@@ -29,7 +30,10 @@ last user message, then answers like good; garbage is not JSON; wrong-shape is J
 not a message; huge=<MiB> streams a message whose text is that many MiB (1-200); not-utf8
 puts bytes 0xff 0xfe in the text; empty-content has no text; odd-block holds only a tool
 call; hang never answers; endless sends a 200 head, then one body byte every 200 ms for
-ever; reset closes without answering.
+ever; reset closes without answering; cache=<write>:<read|null> answers like good with
+prompt-cache usage; cooldown=<secs> answers the first request with a given last user
+message with 429 and retry-after: <secs> (1-60), later ones like good; spend-limit answers
+every request with 429 naming enforced_spend_limit_reached and no retry-after.
 
 A prompt containing [fakellm:SPELLING] overrides the default for that request.";
 
@@ -119,10 +123,16 @@ mod tests {
             (o.addr.as_str(), o.behavior),
             ("127.0.0.1:0", Behavior::Status(429))
         );
+        let o = parse(&["--behavior", "cooldown=5"]).unwrap().unwrap();
+        assert_eq!(o.behavior, Behavior::Cooldown(5));
+        let o = parse(&["--behavior=spend-limit"]).unwrap().unwrap();
+        assert_eq!(o.behavior, Behavior::SpendLimit);
         assert!(parse(&["--help"]).unwrap().is_none());
         for bad in [
             &["--addr"][..],
             &["--behavior", "nope"],
+            &["--behavior", "cooldown=0"],
+            &["--behavior", "spend-limit=1"],
             &["--port", "1"],
             &["extra"],
         ] {

@@ -6,6 +6,7 @@ use serde_json::{Map, Value, json};
 
 use crate::http::{Head, Rejection};
 use crate::phase::Answer;
+use crate::ratelimit::Remaining;
 use crate::wire::{
     ChatRequest, TokenCap, content_text, input_tokens, output_tokens, refuse_streaming,
     required_string,
@@ -204,6 +205,37 @@ pub(crate) fn error_body(status: u16, message: &str) -> Value {
     }})
 }
 
+/// The spend cap refusal's message; OpenAI's own wording, with the marker a client may look for.
+pub(crate) const SPEND_LIMIT_MESSAGE: &str = "You exceeded your current quota, please check your \
+     plan and billing details (enforced_spend_limit_reached; simulated by fakellm)";
+
+/// OpenAI sends a spent quota as a 429 too, but typed and coded `insufficient_quota`, so a
+/// client can tell it from a rate limit that waiting would lift.
+pub(crate) fn quota_body(message: &str) -> Value {
+    json!({"error": {
+        "message": message,
+        "type": "insufficient_quota",
+        "param": null,
+        "code": "insufficient_quota",
+    }})
+}
+
+/// What is left of each limited dimension, under the names the real API uses; it counts input
+/// and output tokens together, so its one token figure is their sum.
+pub(crate) fn rate_limit_headers(left: &Remaining) -> Vec<(&'static str, String)> {
+    let tokens = match (left.input_tokens, left.output_tokens) {
+        (None, None) => None,
+        (i, o) => Some(i.unwrap_or(0).saturating_add(o.unwrap_or(0))),
+    };
+    [
+        ("x-ratelimit-remaining-requests", left.requests),
+        ("x-ratelimit-remaining-tokens", tokens),
+    ]
+    .into_iter()
+    .filter_map(|(name, n)| Some((name, n?.to_string())))
+    .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -332,6 +364,54 @@ mod tests {
         );
         assert_eq!(error_body(503, "x")["error"]["type"], "server_error");
         assert!(error_body(400, "x")["error"]["code"].is_null());
+    }
+
+    #[test]
+    fn quota_errors_are_typed_apart_from_rate_limits() {
+        let body = quota_body(SPEND_LIMIT_MESSAGE);
+        assert_eq!(body["error"]["type"], "insufficient_quota");
+        assert_eq!(body["error"]["code"], "insufficient_quota");
+        assert!(body["error"]["param"].is_null());
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("enforced_spend_limit_reached")
+        );
+    }
+
+    #[test]
+    fn remaining_headers_sum_the_token_dimensions() {
+        let all = Remaining {
+            requests: Some(4),
+            input_tokens: Some(900),
+            output_tokens: Some(100),
+        };
+        assert_eq!(
+            rate_limit_headers(&all),
+            [
+                ("x-ratelimit-remaining-requests", "4".to_string()),
+                ("x-ratelimit-remaining-tokens", "1000".to_string()),
+            ]
+        );
+        let input_only = Remaining {
+            requests: None,
+            input_tokens: Some(900),
+            output_tokens: None,
+        };
+        assert_eq!(
+            rate_limit_headers(&input_only),
+            [("x-ratelimit-remaining-tokens", "900".to_string())]
+        );
+        let requests_only = Remaining {
+            requests: Some(0),
+            input_tokens: None,
+            output_tokens: None,
+        };
+        assert_eq!(
+            rate_limit_headers(&requests_only),
+            [("x-ratelimit-remaining-requests", "0".to_string())]
+        );
     }
 
     #[test]

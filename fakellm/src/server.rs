@@ -1,6 +1,6 @@
 //! The running server: shared state, the accept loop, and one handler thread per connection (kept alive between requests).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -14,6 +14,7 @@ use crate::RecordedRequest;
 use crate::behavior::{Behavior, find_marker};
 use crate::http::{self, Head, ReadError, Rejection, Response};
 use crate::phase::{self, Phase};
+use crate::ratelimit::{Admission, Demand, Grant, Limiter, RateLimits, Remaining};
 use crate::spec;
 use crate::wire::{self, ChatRequest, Format};
 
@@ -72,6 +73,14 @@ pub(crate) struct Shared {
     /// Keyed by text, not connection, because a retrying client resends the same prompt, often
     /// on a fresh connection.
     flaky_failures: Mutex<HashMap<String, u32>>,
+    /// For `cooldown`: the last user message texts already refused once, keyed like
+    /// `flaky_failures` and apart from it, so the two never spend each other's counts.
+    cooled_down: Mutex<HashSet<String>>,
+    /// The provider rate limits in force; one lock, so a check and its debit are one step
+    /// for every connection.
+    limiter: Mutex<Limiter>,
+    /// 429s sent by the limiter (not by behaviours) since the limits were set or the requests cleared.
+    rate_limited: AtomicU64,
 }
 
 impl Shared {
@@ -87,6 +96,9 @@ impl Shared {
             next_message: AtomicU64::new(1),
             logging: AtomicBool::new(false),
             flaky_failures: Mutex::new(HashMap::new()),
+            cooled_down: Mutex::new(HashSet::new()),
+            limiter: Mutex::new(Limiter::default()),
+            rate_limited: AtomicU64::new(0),
         }
     }
 
@@ -108,6 +120,33 @@ impl Shared {
 
     pub(crate) fn clear_requests(&self) {
         lock(&self.requests).clear();
+        self.rate_limited.store(0, Ordering::Relaxed);
+    }
+
+    /// Installs `limits` (or none) with full buckets and a fresh refusal count.
+    pub(crate) fn set_rate_limits(&self, limits: Option<RateLimits>) {
+        let mut limiter = lock(&self.limiter);
+        limiter.set(limits, Instant::now());
+        self.rate_limited.store(0, Ordering::Relaxed);
+    }
+
+    pub(crate) fn rate_limited_count(&self) -> u64 {
+        self.rate_limited.load(Ordering::Relaxed)
+    }
+
+    fn admit(&self, demand: Demand) -> Admission {
+        let mut limiter = lock(&self.limiter);
+        // Read under the lock, so the buckets see time only move forward.
+        let admission = limiter.admit(demand, Instant::now());
+        if matches!(admission, Admission::Refused(_)) {
+            self.rate_limited.fetch_add(1, Ordering::Relaxed);
+        }
+        admission
+    }
+
+    fn settle(&self, grant: Grant, output_tokens: u64) -> Option<Remaining> {
+        let mut limiter = lock(&self.limiter);
+        limiter.settle(grant, output_tokens, Instant::now())
     }
 
     pub(crate) fn set_logging(&self, on: bool) {
@@ -135,6 +174,12 @@ impl Shared {
         } else {
             false
         }
+    }
+
+    /// Whether a `cooldown` request with this text is the first, remembering it if so. Like
+    /// flaky counts, this never resets.
+    fn cooldown_starts(&self, text: &str) -> bool {
+        lock(&self.cooled_down).insert(text.to_string())
     }
 
     fn is_stopping(&self) -> bool {
@@ -300,6 +345,7 @@ fn serve_one(shared: &Shared, stream: &mut TcpStream, conn_id: u64) -> bool {
             return false;
         }
     };
+    let received_at = Instant::now();
     let body = match http::read_body(stream, &head) {
         Ok(bytes) => Ok(bytes),
         Err(ReadError::Io) => return false,
@@ -315,6 +361,7 @@ fn serve_one(shared: &Shared, stream: &mut TcpStream, conn_id: u64) -> bool {
         body: parsed.clone(),
         raw_body: String::from_utf8_lossy(raw).into_owned(),
         connection: conn_id,
+        received_at,
     });
     let keep_alive = !head
         .header("connection")
@@ -433,88 +480,178 @@ fn route(shared: &Shared, head: &Head, body: Option<&Value>) -> (Reply, String) 
         Some(Err(message)) => return reject(format, &Rejection::bad(message)),
     };
     let phase = Phase::detect(&request.system_text);
+    let demand = Demand {
+        input_tokens: wire::input_tokens(&request),
+        max_tokens: request.max_tokens.as_ref().map_or(0, |cap| cap.value),
+    };
+    let grant = match shared.admit(demand) {
+        Admission::Unlimited => None,
+        Admission::Granted(grant) => Some(grant),
+        Admission::Refused(refusal) => {
+            let message = format!(
+                "This request would exceed your rate limit of {}; try again in {} s \
+                 (simulated by fakellm)",
+                refusal.lacking.join(" and "),
+                refusal.retry_after_secs
+            );
+            return (
+                Reply::Send(format.rate_limited(&message, refusal.retry_after_secs)),
+                format!("rate-limited ({})", phase.name()),
+            );
+        }
+    };
     let label = format!("{behavior} ({})", phase.name());
-    (answer(shared, format, &request, phase, &behavior), label)
+    let (mut reply, output_tokens) = answer(shared, format, &request, phase, &behavior);
+    if let Some(grant) = grant
+        && let Some(left) = shared.settle(grant, output_tokens)
+    {
+        add_success_headers(&mut reply, format.rate_limit_headers(&left));
+    }
+    (reply, label)
 }
 
-/// The reply for a valid request; only the envelope depends on the format.
+/// Adds `headers` to the reply if it is a 200 with a head to carry them; errors, silence and
+/// resets report no remaining figures.
+fn add_success_headers(reply: &mut Reply, headers: Vec<(&'static str, String)>) {
+    match reply {
+        Reply::Send(resp)
+        | Reply::SlowThenSend(_, resp)
+        | Reply::Huge { start: resp, .. }
+        | Reply::Endless(resp)
+            if resp.status == 200 =>
+        {
+            resp.headers.extend(headers);
+        }
+        _ => {}
+    }
+}
+
+/// The reply for a valid request, and the output tokens its usage reports (0 for an answer
+/// without usage: an error, garbage, silence); only the envelope depends on the format.
 fn answer(
     shared: &Shared,
     format: Format,
     request: &ChatRequest,
     phase: Phase,
     behavior: &Behavior,
-) -> Reply {
+) -> (Reply, u64) {
     match behavior {
-        Behavior::Status(code) => Reply::Send(format.error(*code, wire::simulated_message(*code))),
-        Behavior::Garbage => Reply::Send(wire::json_response(200, "<html>oops".to_string())),
-        Behavior::WrongShape => {
-            Reply::Send(wire::json_response(200, r#"{"hello":"world"}"#.to_string()))
-        }
+        Behavior::Status(code) => (
+            Reply::Send(format.error(*code, wire::simulated_message(*code))),
+            0,
+        ),
+        Behavior::Garbage => (
+            Reply::Send(wire::json_response(200, "<html>oops".to_string())),
+            0,
+        ),
+        Behavior::WrongShape => (
+            Reply::Send(wire::json_response(200, r#"{"hello":"world"}"#.to_string())),
+            0,
+        ),
         Behavior::Flaky { status, times } => {
             if shared.flaky_fails(&request.last_user_text, *times) {
-                Reply::Send(format.error(*status, wire::simulated_message(*status)))
+                (
+                    Reply::Send(format.error(*status, wire::simulated_message(*status))),
+                    0,
+                )
             } else {
-                Reply::Send(message(shared, format, request, phase, &Behavior::Good))
+                send(message(shared, format, request, phase, &Behavior::Good))
             }
         }
+        Behavior::Cooldown(secs) => {
+            if shared.cooldown_starts(&request.last_user_text) {
+                (
+                    Reply::Send(format.rate_limited(wire::simulated_message(429), *secs)),
+                    0,
+                )
+            } else {
+                send(message(shared, format, request, phase, &Behavior::Good))
+            }
+        }
+        Behavior::SpendLimit => (Reply::Send(format.spend_limited()), 0),
         Behavior::Huge(mib) => {
             let filler = u64::from(*mib) * MIB;
             let text_chars = usize::try_from(filler).unwrap_or(usize::MAX);
             let (start, suffix) =
                 format.success_around_text(shared.next_message_id(), request, text_chars);
-            Reply::Huge {
-                start: wire::json_response(200, start),
-                filler,
-                suffix,
-            }
+            (
+                Reply::Huge {
+                    start: wire::json_response(200, start),
+                    filler,
+                    suffix,
+                },
+                wire::rough_tokens(text_chars),
+            )
         }
         Behavior::NotUtf8 => {
             let (mut body, suffix) =
                 format.success_around_text(shared.next_message_id(), request, NOT_UTF8_TEXT.len());
             body.extend_from_slice(NOT_UTF8_TEXT);
             body.extend_from_slice(&suffix);
-            Reply::Send(wire::json_response(200, body))
+            (
+                Reply::Send(wire::json_response(200, body)),
+                wire::rough_tokens(NOT_UTF8_TEXT.len()),
+            )
         }
-        Behavior::EmptyContent => Reply::Send(format.empty(shared.next_message_id(), request)),
-        Behavior::OddBlock => Reply::Send(format.odd_block(shared.next_message_id(), request)),
+        // Both bodies report the estimate for no text at all.
+        Behavior::EmptyContent => (
+            Reply::Send(format.empty(shared.next_message_id(), request)),
+            wire::rough_tokens(0),
+        ),
+        Behavior::OddBlock => (
+            Reply::Send(format.odd_block(shared.next_message_id(), request)),
+            wire::rough_tokens(0),
+        ),
         Behavior::Endless => {
             let text_chars = usize::try_from(ENDLESS_LENGTH).unwrap_or(usize::MAX);
             let (start, _) =
                 format.success_around_text(shared.next_message_id(), request, text_chars);
-            Reply::Endless(wire::json_response(200, start))
+            (
+                Reply::Endless(wire::json_response(200, start)),
+                wire::rough_tokens(text_chars),
+            )
         }
         Behavior::Cached { write, read } => {
-            let mut resp = message(shared, format, request, phase, &Behavior::Good);
+            let (mut resp, output_tokens) =
+                message(shared, format, request, phase, &Behavior::Good);
             format.add_cache_usage(&mut resp, *write, *read);
-            Reply::Send(resp)
+            (Reply::Send(resp), output_tokens)
         }
-        Behavior::Hang => Reply::Hang,
-        Behavior::Reset => Reply::Reset,
-        Behavior::Slow(delay) => Reply::SlowThenSend(
-            *delay,
-            message(shared, format, request, phase, &Behavior::Good),
-        ),
+        Behavior::Hang => (Reply::Hang, 0),
+        Behavior::Reset => (Reply::Reset, 0),
+        Behavior::Slow(delay) => {
+            let (resp, output_tokens) = message(shared, format, request, phase, &Behavior::Good);
+            (Reply::SlowThenSend(*delay, resp), output_tokens)
+        }
         Behavior::Good
         | Behavior::Truncated
         | Behavior::MissingSection(_)
         | Behavior::EmptySection(_)
         | Behavior::FencedTestCommand
         | Behavior::Reject
-        | Behavior::NoDiff => Reply::Send(message(shared, format, request, phase, behavior)),
+        | Behavior::NoDiff => send(message(shared, format, request, phase, behavior)),
     }
 }
 
+fn send((resp, output_tokens): (Response, u64)) -> (Reply, u64) {
+    (Reply::Send(resp), output_tokens)
+}
+
+/// A 200 message for the phase, and the output tokens its usage reports.
 fn message(
     shared: &Shared,
     format: Format,
     request: &ChatRequest,
     phase: Phase,
     behavior: &Behavior,
-) -> Response {
+) -> (Response, u64) {
     let feature = spec::feature_name(&request.last_user_text);
     let answer = phase::answer(phase, behavior, &feature);
-    format.success(shared.next_message_id(), request, &answer)
+    let output_tokens = wire::output_tokens(request, &answer);
+    (
+        format.success(shared.next_message_id(), request, &answer),
+        output_tokens,
+    )
 }
 
 /// Holds the connection open without answering until shutdown, but lets the thread go if

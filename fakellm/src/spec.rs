@@ -167,7 +167,9 @@ pub fn spec_for(behavior: &Behavior, feature: &str) -> Option<String> {
         | Behavior::NotUtf8
         | Behavior::EmptyContent
         | Behavior::OddBlock
-        | Behavior::Endless => None,
+        | Behavior::Endless
+        | Behavior::Cooldown(_)
+        | Behavior::SpendLimit => None,
     }
 }
 
@@ -214,6 +216,17 @@ mod tests {
             [&SECTIONS[..5], &["Test Command"]].concat()
         );
         assert!(text.contains("```\n## Test Command\ncargo test\n```"));
+    }
+
+    #[test]
+    fn error_behaviours_give_no_spec() {
+        for b in [
+            Behavior::Status(429),
+            Behavior::Cooldown(5),
+            Behavior::SpendLimit,
+        ] {
+            assert_eq!(spec_for(&b, "X"), None, "{b}");
+        }
     }
 
     #[test]

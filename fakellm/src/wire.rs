@@ -5,6 +5,7 @@ use serde_json::{Value, json};
 
 use crate::http::{Head, Rejection, Response};
 use crate::phase::Answer;
+use crate::ratelimit::Remaining;
 use crate::{anthropic, openai};
 
 /// Stands in for the answer text in a body that is cut in two around it; plain ASCII, so JSON
@@ -173,6 +174,33 @@ impl Format {
     pub(crate) fn reject(self, rejection: &Rejection) -> Response {
         self.error(rejection.status, &rejection.message)
     }
+
+    /// A 429 in this format's rate-limit envelope telling the client to wait `retry_after_secs`.
+    pub(crate) fn rate_limited(self, message: &str, retry_after_secs: u64) -> Response {
+        let mut resp = self.error(429, message);
+        resp.headers.retain(|(name, _)| *name != "retry-after");
+        resp.headers
+            .push(("retry-after", retry_after_secs.to_string()));
+        resp
+    }
+
+    /// A 429 for a spending cap, as each API words it. It has no `retry-after`, as the real
+    /// ones send none: waiting does not lift the cap, so a client must give up, not retry.
+    pub(crate) fn spend_limited(self) -> Response {
+        let body = match self {
+            Format::Anthropic => anthropic::error_body(429, anthropic::SPEND_LIMIT_MESSAGE),
+            Format::OpenAi => openai::quota_body(openai::SPEND_LIMIT_MESSAGE),
+        };
+        json_response(429, body.to_string())
+    }
+
+    /// The remaining-figure headers of a 200 answered under rate limits.
+    pub(crate) fn rate_limit_headers(self, left: &Remaining) -> Vec<(&'static str, String)> {
+        match self {
+            Format::Anthropic => anthropic::rate_limit_headers(left),
+            Format::OpenAi => openai::rate_limit_headers(left),
+        }
+    }
 }
 
 pub(crate) fn json_response(status: u16, body: impl Into<Vec<u8>>) -> Response {
@@ -305,6 +333,39 @@ mod tests {
                     .any(|(n, _)| *n == "retry-after")
             );
         }
+    }
+
+    #[test]
+    fn rate_limit_and_spend_limit_errors() {
+        for format in [Format::Anthropic, Format::OpenAi] {
+            let limited = format.rate_limited("slow down", 17);
+            assert_eq!(limited.status, 429);
+            let retry: Vec<_> = limited
+                .headers
+                .iter()
+                .filter(|(n, _)| *n == "retry-after")
+                .collect();
+            assert_eq!(retry, [&("retry-after", "17".to_string())], "{format:?}");
+            let spent = format.spend_limited();
+            assert_eq!(spent.status, 429);
+            assert!(!spent.headers.iter().any(|(n, _)| *n == "retry-after"));
+            let body: Value = serde_json::from_slice(&spent.body).unwrap();
+            assert!(
+                body["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("enforced_spend_limit_reached"),
+                "{body}"
+            );
+        }
+        let anthropic: Value =
+            serde_json::from_slice(&Format::Anthropic.spend_limited().body).unwrap();
+        assert_eq!(anthropic["type"], "error");
+        assert_eq!(anthropic["error"]["type"], "rate_limit_error");
+        let openai: Value =
+            serde_json::from_slice(&Format::OpenAi.rate_limited("x", 2).body).unwrap();
+        assert_eq!(openai["error"]["type"], "requests");
+        assert_eq!(openai["error"]["code"], "rate_limit_exceeded");
     }
 
     fn request() -> ChatRequest {

@@ -6,7 +6,9 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use fakellm::{Behavior, FakeLlm, REJECT_REASONS, SECTIONS, good_diff, good_review, good_spec};
+use fakellm::{
+    Behavior, FakeLlm, REJECT_REASONS, RateLimits, SECTIONS, good_diff, good_review, good_spec,
+};
 use serde_json::{Value, json};
 
 struct Reply {
@@ -1062,6 +1064,9 @@ fn help_describes_both_formats_and_the_new_spellings() {
         "odd-block",
         "endless",
         "retry-after: 1",
+        "cooldown=<secs>",
+        "spend-limit",
+        "enforced_spend_limit_reached",
     ] {
         assert!(help.contains(needle), "{needle}: {help}");
     }
@@ -1380,4 +1385,391 @@ fn endless_sends_the_head_then_trickles_until_shutdown() {
         stream.read_to_end(&mut rest).unwrap();
         assert!(rest.len() < announced);
     }
+}
+
+// ---- provider rate limits ----
+
+fn limits(rpm: u64, input_tpm: u64, output_tpm: u64) -> RateLimits {
+    RateLimits {
+        rpm,
+        input_tpm,
+        output_tpm,
+    }
+}
+
+/// The (input, output) token counts the answer's usage reports, whichever the format.
+fn usage(api: Api, reply: &Reply) -> (u64, u64) {
+    let v = reply.json();
+    let (input, output) = match api {
+        Api::Anthropic => (&v["usage"]["input_tokens"], &v["usage"]["output_tokens"]),
+        Api::OpenAi => (
+            &v["usage"]["prompt_tokens"],
+            &v["usage"]["completion_tokens"],
+        ),
+    };
+    (input.as_u64().unwrap(), output.as_u64().unwrap())
+}
+
+fn header_u64(reply: &Reply, name: &str) -> Option<u64> {
+    reply
+        .header(name)
+        .map(|v| v.parse().unwrap_or_else(|e| panic!("{name}: {v:?}: {e}")))
+}
+
+/// `got` is `expected` plus at most what a bucket of `per_minute` can have refilled since `since`.
+fn about(got: u64, expected: u64, per_minute: u64, since: Instant) {
+    let refill = (per_minute as f64 * since.elapsed().as_secs_f64() / 60.0).ceil() as u64;
+    assert!(
+        (expected..=expected + refill + 1).contains(&got),
+        "{got} is not {expected} (+{refill} refill)"
+    );
+}
+
+const RATE_LIMIT_HEADERS: [&str; 5] = [
+    "anthropic-ratelimit-requests-remaining",
+    "anthropic-ratelimit-input-tokens-remaining",
+    "anthropic-ratelimit-output-tokens-remaining",
+    "x-ratelimit-remaining-requests",
+    "x-ratelimit-remaining-tokens",
+];
+
+fn rate_limit_header_names(reply: &Reply) -> Vec<&str> {
+    RATE_LIMIT_HEADERS
+        .into_iter()
+        .filter(|n| reply.header(n).is_some())
+        .collect()
+}
+
+/// Checks a 429 is the format's rate-limit error and returns its `retry-after`.
+fn rate_limited(api: Api, reply: &Reply) -> u64 {
+    match api {
+        Api::Anthropic => assert_eq!(
+            (reply.status, reply.error_type()),
+            (429, "rate_limit_error".to_string()),
+            "{}",
+            reply.body
+        ),
+        Api::OpenAi => assert_eq!(
+            openai_error(reply),
+            (429, "requests".to_string(), json!("rate_limit_exceeded")),
+            "{}",
+            reply.body
+        ),
+    }
+    header_u64(reply, "retry-after").expect("a rate-limit 429 says when to retry")
+}
+
+#[test]
+fn the_request_past_capacity_is_refused_until_the_bucket_refills() {
+    // 20 a minute: one more every 3 s, and 20 quick requests take far less than that.
+    thread::scope(|scope| {
+        for api in APIS {
+            scope.spawn(move || {
+                let llm = FakeLlm::start(Behavior::Good).unwrap();
+                llm.set_rate_limits(Some(limits(20, 0, 0)));
+                for i in 0..20 {
+                    let reply = ask_as(&llm, api, SPEC_SYSTEM, &format!("Feature {i}"));
+                    assert_eq!(reply.status, 200, "{api:?} request {i}: {}", reply.body);
+                }
+                let refused = ask_as(&llm, api, SPEC_SYSTEM, "Feature 20");
+                let retry_after = rate_limited(api, &refused);
+                assert!((1..=3).contains(&retry_after), "{api:?}: {retry_after}");
+                assert!(rate_limit_header_names(&refused).is_empty());
+                assert_eq!(llm.rate_limited_count(), 1);
+                // Refused requests are recorded like any other.
+                assert_eq!(llm.request_count(), 21);
+
+                thread::sleep(Duration::from_secs(retry_after));
+                let again = ask_as(&llm, api, SPEC_SYSTEM, "Feature 20");
+                assert_eq!(again.status, 200, "{api:?}: {}", again.body);
+                assert_eq!(text_and_stop(api, &again).0, good_spec("Feature 20"));
+                assert_eq!(llm.rate_limited_count(), 1);
+            });
+        }
+    });
+}
+
+#[test]
+fn buckets_are_shared_by_concurrent_connections() {
+    let llm = FakeLlm::start(Behavior::Good).unwrap();
+    // 5 a minute refills one every 12 s, far longer than the burst takes.
+    llm.set_rate_limits(Some(limits(5, 0, 0)));
+    let statuses: Vec<u16> = thread::scope(|scope| {
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let llm = &llm;
+                scope.spawn(move || {
+                    ask_as(llm, APIS[i % 2], SPEC_SYSTEM, &format!("Feature {i}")).status
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 5);
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 3);
+    assert_eq!(llm.rate_limited_count(), 3);
+}
+
+#[test]
+fn the_output_reservation_is_corrected_to_the_reported_usage() {
+    let llm = FakeLlm::start(Behavior::Good).unwrap();
+    let prompt = "Add CSV export";
+    // Learn what the answer reports, unlimited: the same prompt always gets the same answer.
+    let (_, used) = usage(
+        Api::Anthropic,
+        &ask_as(&llm, Api::Anthropic, REVIEW_SYSTEM, prompt),
+    );
+    assert!(used < 777, "{used}");
+    // Room for exactly one max_tokens=777 reservation plus what an answer really uses: a
+    // second request fits only if the first one's unused reservation came back.
+    let cap = 777 + used;
+    let since = Instant::now();
+    llm.set_rate_limits(Some(limits(0, 0, cap)));
+    let first = ask_as(&llm, Api::Anthropic, REVIEW_SYSTEM, prompt);
+    assert_eq!(first.status, 200, "{}", first.body);
+    let left = header_u64(&first, "anthropic-ratelimit-output-tokens-remaining").unwrap();
+    about(left, cap - used, cap, since);
+    let second = ask_as(&llm, Api::Anthropic, REVIEW_SYSTEM, prompt);
+    assert_eq!(second.status, 200, "{}", second.body);
+    // Now only `cap - 2 * used` (plus a little refill) is left: 777 no longer fits.
+    let third = ask_as(&llm, Api::Anthropic, REVIEW_SYSTEM, prompt);
+    assert!(rate_limited(Api::Anthropic, &third) >= 1);
+
+    // OpenAI's cap is max_tokens (555 here) or max_completion_tokens, reserved and refunded alike.
+    let since = Instant::now();
+    llm.set_rate_limits(Some(limits(0, 0, 1_000)));
+    let mut body = openai_body(REVIEW_SYSTEM, prompt);
+    body.as_object_mut().unwrap().remove("max_tokens");
+    body["max_completion_tokens"] = json!(900);
+    let reply = openai_request(&llm, &body);
+    let (_, used) = usage(Api::OpenAi, &reply);
+    let left = header_u64(&reply, "x-ratelimit-remaining-tokens").unwrap();
+    about(left, 1_000 - used, 1_000, since);
+    let reply = openai_request(&llm, &body);
+    assert_eq!(reply.status, 200, "900 fits again after the refund");
+}
+
+#[test]
+fn answers_report_what_is_left_of_the_limited_dimensions() {
+    let llm = FakeLlm::start(Behavior::Good).unwrap();
+    for api in APIS {
+        let reply = ask_as(&llm, api, SPEC_SYSTEM, "Add CSV export");
+        assert!(
+            rate_limit_header_names(&reply).is_empty(),
+            "no limits, no figures"
+        );
+
+        let since = Instant::now();
+        llm.set_rate_limits(Some(limits(10, 600, 3_000)));
+        let reply = ask_as(&llm, api, SPEC_SYSTEM, "Add CSV export");
+        assert_eq!(reply.status, 200, "{api:?}: {}", reply.body);
+        let (input, output) = usage(api, &reply);
+        match api {
+            Api::Anthropic => {
+                assert_eq!(
+                    rate_limit_header_names(&reply),
+                    &RATE_LIMIT_HEADERS[..3],
+                    "{:?}",
+                    reply.headers
+                );
+                assert_eq!(
+                    header_u64(&reply, "anthropic-ratelimit-requests-remaining"),
+                    Some(9)
+                );
+                let left = header_u64(&reply, "anthropic-ratelimit-input-tokens-remaining");
+                about(left.unwrap(), 600 - input, 600, since);
+                let left = header_u64(&reply, "anthropic-ratelimit-output-tokens-remaining");
+                about(left.unwrap(), 3_000 - output, 3_000, since);
+            }
+            Api::OpenAi => {
+                assert_eq!(
+                    rate_limit_header_names(&reply),
+                    &RATE_LIMIT_HEADERS[3..],
+                    "{:?}",
+                    reply.headers
+                );
+                assert_eq!(
+                    header_u64(&reply, "x-ratelimit-remaining-requests"),
+                    Some(9)
+                );
+                let left = header_u64(&reply, "x-ratelimit-remaining-tokens");
+                about(left.unwrap(), 3_600 - input - output, 3_600, since);
+            }
+        }
+
+        // Only the limited dimensions are reported.
+        llm.set_rate_limits(Some(limits(7, 0, 0)));
+        let reply = ask_as(&llm, api, SPEC_SYSTEM, "Add CSV export");
+        let only = match api {
+            Api::Anthropic => "anthropic-ratelimit-requests-remaining",
+            Api::OpenAi => "x-ratelimit-remaining-requests",
+        };
+        assert_eq!(rate_limit_header_names(&reply), [only]);
+        assert_eq!(header_u64(&reply, only), Some(6));
+
+        let since = Instant::now();
+        llm.set_rate_limits(Some(limits(0, 600, 0)));
+        let reply = ask_as(&llm, api, SPEC_SYSTEM, "Add CSV export");
+        let (input, _) = usage(api, &reply);
+        let only = match api {
+            Api::Anthropic => "anthropic-ratelimit-input-tokens-remaining",
+            Api::OpenAi => "x-ratelimit-remaining-tokens",
+        };
+        assert_eq!(rate_limit_header_names(&reply), [only]);
+        about(header_u64(&reply, only).unwrap(), 600 - input, 600, since);
+
+        // Error answers carry no figures, though they spent a request.
+        let reply = ask_as(
+            &llm,
+            api,
+            SPEC_SYSTEM,
+            "[fakellm:status=500] Add CSV export",
+        );
+        assert_eq!(reply.status, 500);
+        assert!(rate_limit_header_names(&reply).is_empty());
+
+        llm.set_rate_limits(None);
+        let reply = ask_as(&llm, api, SPEC_SYSTEM, "Add CSV export");
+        assert!(rate_limit_header_names(&reply).is_empty());
+    }
+}
+
+#[test]
+fn only_well_formed_chat_requests_spend_the_limits() {
+    let llm = FakeLlm::start(Behavior::Good).unwrap();
+    llm.set_rate_limits(Some(limits(1, 0, 0)));
+    let url = llm.url();
+    assert_eq!(
+        request(&url, "POST", "/v1/messages", &AUTH, "not json").status,
+        400
+    );
+    assert_eq!(
+        request(&url, "POST", "/v1/messages", &[], &body_for("x")).status,
+        401
+    );
+    assert_eq!(request(&url, "GET", "/v1/messages", &AUTH, "").status, 405);
+    assert_eq!(
+        request(&url, "POST", "/v1/nope", &AUTH, &body_for("x")).status,
+        404
+    );
+    assert_eq!(ask(&llm, "[fakellm:bogus] x").status, 400);
+    assert_eq!(ask(&llm, "Add CSV export").status, 200);
+    assert_eq!(ask(&llm, "Add CSV export").status, 429);
+    assert_eq!(llm.rate_limited_count(), 1);
+}
+
+#[test]
+fn the_refusal_count_resets_with_the_limits_and_the_requests() {
+    let llm = FakeLlm::start(Behavior::Good).unwrap();
+    llm.set_rate_limits(Some(limits(1, 0, 0)));
+    assert_eq!(ask(&llm, "x").status, 200);
+    assert_eq!(ask(&llm, "x").status, 429);
+    assert_eq!(ask(&llm, "x").status, 429);
+    assert_eq!(llm.rate_limited_count(), 2);
+    llm.clear_requests();
+    assert_eq!(llm.rate_limited_count(), 0);
+    assert_eq!(ask(&llm, "x").status, 429, "clearing does not refill");
+    assert_eq!(llm.rate_limited_count(), 1);
+    // Setting the limits refills them and resets the count; a behaviour's 429 spends the
+    // request it was admitted with but is not the limiter's.
+    llm.set_rate_limits(Some(limits(1, 0, 0)));
+    assert_eq!(llm.rate_limited_count(), 0);
+    assert_eq!(ask(&llm, "[fakellm:status=429] x").status, 429);
+    assert_eq!(llm.rate_limited_count(), 0);
+    assert_eq!(ask(&llm, "x").status, 429);
+    assert_eq!(llm.rate_limited_count(), 1);
+    llm.set_rate_limits(None);
+    for _ in 0..5 {
+        assert_eq!(ask(&llm, "x").status, 200);
+    }
+    assert_eq!(llm.rate_limited_count(), 0);
+}
+
+#[test]
+fn cooldown_refuses_the_first_request_with_its_retry_after() {
+    for api in APIS {
+        let llm = FakeLlm::start(Behavior::Good).unwrap();
+        let marked = "[fakellm:cooldown=7] Add CSV export";
+        let reply = ask_as(&llm, api, SPEC_SYSTEM, marked);
+        assert_eq!(rate_limited(api, &reply), 7, "{api:?}");
+        for _ in 0..2 {
+            let reply = ask_as(&llm, api, SPEC_SYSTEM, marked);
+            assert_eq!(text_and_stop(api, &reply).0, good_spec("Add CSV export"));
+            assert_eq!(reply.header("retry-after"), None);
+        }
+        // Another text cools down on its own, in any phase.
+        let reply = ask_as(
+            &llm,
+            api,
+            REVIEW_SYSTEM,
+            "[fakellm:cooldown=60] Add PDF export",
+        );
+        assert_eq!(rate_limited(api, &reply), 60);
+        assert_eq!(llm.rate_limited_count(), 0, "not the limiter's refusals");
+
+        // As the default.
+        let llm = FakeLlm::start(Behavior::parse("cooldown=2").unwrap()).unwrap();
+        assert_eq!(
+            rate_limited(api, &ask_as(&llm, api, SPEC_SYSTEM, "Fix it")),
+            2
+        );
+        assert_eq!(ask_as(&llm, api, SPEC_SYSTEM, "Fix it").status, 200);
+    }
+}
+
+#[test]
+fn spend_limit_refuses_every_request_without_retry_after() {
+    for api in APIS {
+        let llm = FakeLlm::start(Behavior::Good).unwrap();
+        for prompt in [
+            "[fakellm:spend-limit] Add CSV export",
+            "[fakellm:spend-limit] Add CSV export",
+        ] {
+            let reply = ask_as(&llm, api, SPEC_SYSTEM, prompt);
+            assert_eq!(reply.status, 429, "{api:?}");
+            assert!(
+                reply.body.contains("enforced_spend_limit_reached"),
+                "{api:?}: {}",
+                reply.body
+            );
+            assert_eq!(reply.header("retry-after"), None, "{api:?}");
+            match api {
+                Api::Anthropic => assert_eq!(reply.error_type(), "rate_limit_error"),
+                Api::OpenAi => assert_eq!(
+                    openai_error(&reply),
+                    (
+                        429,
+                        "insufficient_quota".to_string(),
+                        json!("insufficient_quota")
+                    )
+                ),
+            }
+        }
+        let llm = FakeLlm::start(Behavior::SpendLimit).unwrap();
+        let reply = ask_as(&llm, api, IMPLEMENT_SYSTEM, "Add CSV export");
+        assert_eq!(reply.status, 429);
+        assert!(reply.body.contains("enforced_spend_limit_reached"));
+    }
+}
+
+#[test]
+fn requests_record_when_they_arrived() {
+    let llm = FakeLlm::start(Behavior::Good).unwrap();
+    let before = Instant::now();
+    ask(&llm, "First");
+    let quiet_from = Instant::now();
+    thread::sleep(Duration::from_millis(50));
+    let quiet_to = Instant::now();
+    ask(&llm, "Second");
+    let after = Instant::now();
+    let reqs = llm.requests();
+    assert_eq!(reqs.len(), 2);
+    assert!(before <= reqs[0].received_at && reqs[0].received_at <= quiet_from);
+    assert!(quiet_to <= reqs[1].received_at && reqs[1].received_at <= after);
+    assert!(
+        !reqs
+            .iter()
+            .any(|r| quiet_from < r.received_at && r.received_at < quiet_to),
+        "nothing arrived in the quiet window"
+    );
 }

@@ -5,7 +5,7 @@
 -- $7 state, $8 attempts, $9 rejections, $10 feedback, $11 outputs key (phase name) or NULL, $12 output,
 -- $13 retry delay in seconds, $14 http status, $15 stop reason, $16 input tokens, $17 output tokens,
 -- $18 llm milliseconds, $19 provider, $20 model, $21 prompt sha256, $22 answer text, $23 cache-write tokens,
--- $24 cache-read tokens, $25 the provider's usage object. The cost comes from the price valid when the cycle
+-- $24 cache-read tokens, $25 the provider's usage object, $26 the remaining figures of its rate-limit headers. The cost comes from the price valid when the cycle
 -- started (damascus.cycle_cost), or is NULL with the reason.
 -- An applied verdict is announced with NOTIFY damascus_verdict (delivered at commit) for LISTENing clients.
 WITH moved AS (
@@ -47,6 +47,7 @@ WITH moved AS (
         cache_write_tokens = $23,
         cache_read_tokens = $24,
         usage = $25,
+        ratelimit = $26,
         (cost_usd, cost_note) = (SELECT p.cost_usd, p.cost_note
                                  FROM damascus.cycle_cost($19, $20, c.started_at, $16, $17, $23, $24) AS p)
     WHERE c.id = $3

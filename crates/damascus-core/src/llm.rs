@@ -3,8 +3,8 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::{Rc, Weak};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::backoff;
 use crate::wire::{CallError, Codec, Completion, HttpRequest, LlmConfig, Prompt};
@@ -20,7 +20,47 @@ pub struct CallOutcome {
     pub elapsed: Duration,
     /// How many times the request was sent again after a retryable failure.
     pub retries: u32,
+    /// The remaining figures of the provider's rate-limit headers (`anthropic-ratelimit-*-remaining`,
+    /// `x-ratelimit-remaining-*`) on the last response, by header name; `None` when it sent none.
+    pub ratelimit: Option<serde_json::Map<String, serde_json::Value>>,
 }
+
+/// What every caller of one provider shares, across the cluster: its rate limits, a cooldown a 429 with
+/// `retry-after` starts, and being parked after it refused for a spend limit. Implemented over shared memory by
+/// the extension; called from the HTTP threads, so an implementation touches nothing but atomics.
+pub trait ProviderGate: Send + Sync {
+    /// Counts a request of about `input_tokens` in and at most `output_tokens` out against the limits and
+    /// says whether it may go now; when it may not, nothing is counted.
+    fn admit(&self, input_tokens: u64, output_tokens: u64) -> Admission;
+    /// The provider asked everyone to wait until `until`.
+    fn cool_down(&self, until: SystemTime);
+    /// The provider refused for a spend limit: nothing more is sent until an administrator resumes it.
+    fn park(&self);
+}
+
+/// Whether a request may be sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    Go,
+    /// Not before this much time has passed.
+    Wait(Duration),
+    /// Not until an administrator resumes the provider.
+    Parked,
+}
+
+/// A call counted against a provider's gate, with its estimated tokens.
+#[derive(Clone)]
+pub struct Metered {
+    pub gate: Arc<dyn ProviderGate>,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+}
+
+/// The words with which a provider says a 429 is its spend limit, not its rate limit.
+const SPEND_LIMIT_MARK: &str = "enforced_spend_limit_reached";
+
+/// Longest nap while waiting at the gate, so a wait that another caller's progress shortens is noticed.
+const GATE_NAP: Duration = Duration::from_millis(200);
 
 /// How one call may go: its time budget (all tries together), how often a retryable failure is tried
 /// again within it, and the largest response body read.
@@ -47,6 +87,7 @@ struct Job {
     codec: &'static dyn Codec,
     request: HttpRequest,
     policy: CallPolicy,
+    metered: Option<Metered>,
     reply: mpsc::Sender<CallOutcome>,
     wake: bool,
 }
@@ -121,14 +162,45 @@ fn wake_main_thread() {
     }
 }
 
-/// Sends the request once; the `retry-after` the server sent, if any, comes back with the result.
+/// What one try brought back besides its result.
+#[derive(Default)]
+struct Sent {
+    retry_after: Option<Duration>,
+    ratelimit: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// The remaining figures of the rate-limit headers, if the response has any.
+fn ratelimit_headers(
+    headers: &ureq::http::HeaderMap,
+) -> Option<serde_json::Map<String, serde_json::Value>> {
+    let found: serde_json::Map<String, serde_json::Value> = headers
+        .iter()
+        .filter(|(name, _)| {
+            let n = name.as_str();
+            (n.starts_with("anthropic-ratelimit-") || n.starts_with("x-ratelimit-"))
+                && n.contains("remaining")
+        })
+        .filter_map(|(name, value)| {
+            let v = value.to_str().ok()?;
+            let v = v
+                .parse::<u64>()
+                .map(serde_json::Value::from)
+                .unwrap_or_else(|_| serde_json::Value::from(v));
+            Some((name.as_str().to_string(), v))
+        })
+        .collect();
+    (!found.is_empty()).then_some(found)
+}
+
+/// Sends the request once; the `retry-after` and rate-limit headers the server sent come back with the
+/// result.
 fn send_once(
     agent: &ureq::Agent,
     codec: &dyn Codec,
     req: &HttpRequest,
     timeout: Duration,
     max_response_bytes: u64,
-) -> (Result<Completion, CallError>, Option<Duration>) {
+) -> (Result<Completion, CallError>, Sent) {
     let mut builder = agent
         .post(&req.url)
         .config()
@@ -139,14 +211,17 @@ fn send_once(
     }
     let mut resp = match builder.send(req.body.as_bytes()) {
         Ok(r) => r,
-        Err(e) => return (Err(CallError::Transport(e.to_string())), None),
+        Err(e) => return (Err(CallError::Transport(e.to_string())), Sent::default()),
     };
     let status = resp.status().as_u16();
-    let retry_after = resp
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| backoff::parse_retry_after(v, std::time::SystemTime::now()));
+    let sent = Sent {
+        retry_after: resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| backoff::parse_retry_after(v, SystemTime::now())),
+        ratelimit: ratelimit_headers(resp.headers()),
+    };
     // Read as bytes: an oversized or non-UTF-8 body is a bad answer, not a lost connection. The cap stops
     // reading at the limit instead of taking in the rest.
     let bytes = match resp
@@ -160,11 +235,11 @@ fn send_once(
             let message = format!(
                 "the response is larger than damascus.llm_max_response_bytes ({limit} bytes)"
             );
-            return (Err(CallError::Malformed { status, message }), retry_after);
+            return (Err(CallError::Malformed { status, message }), sent);
         }
         Err(e) => {
             let message = format!("reading the response (HTTP {status}): {e}");
-            return (Err(CallError::Transport(message)), retry_after);
+            return (Err(CallError::Transport(message)), sent);
         }
     };
     let result = match String::from_utf8(bytes) {
@@ -175,7 +250,34 @@ fn send_once(
         }),
         Err(e) => codec.parse(status, &String::from_utf8_lossy(e.as_bytes())),
     };
-    (result, retry_after)
+    (result, sent)
+}
+
+/// Waits at the provider's gate until the request may go (it is then counted), or says why it may not
+/// before `deadline`.
+fn pass_gate(m: &Metered, deadline: Instant) -> Result<(), CallError> {
+    loop {
+        match m.gate.admit(m.input_tokens, m.output_tokens) {
+            Admission::Go => return Ok(()),
+            Admission::Parked => {
+                return Err(CallError::Transport(
+                    "not sent: the LLM provider is parked after it refused for its spend limit \
+                     (SELECT damascus_resume_provider() once it is raised)"
+                        .into(),
+                ));
+            }
+            Admission::Wait(wait) => {
+                if Instant::now() + wait >= deadline {
+                    return Err(CallError::Transport(format!(
+                        "not sent: the provider's rate limit or cooldown needs {} ms more than the call's \
+                         time left",
+                        wait.as_millis()
+                    )));
+                }
+                std::thread::sleep(wait.min(GATE_NAP));
+            }
+        }
+    }
 }
 
 /// Sends the request, and again after a retryable failure (no answer, 408, 409, 425, 429, 5xx) up to
@@ -191,16 +293,45 @@ fn call(agent: &ureq::Agent, job: &Job) -> CallOutcome {
         ^ job.request.body.len() as u64;
     let mut retries = 0;
     loop {
+        if let Some(m) = &job.metered
+            && let Err(e) = pass_gate(m, deadline)
+        {
+            return CallOutcome {
+                result: Err(e),
+                elapsed: started.elapsed(),
+                retries,
+                ratelimit: None,
+            };
+        }
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let (result, retry_after) = send_once(
+        let (result, sent) = send_once(
             agent,
             job.codec,
             &job.request,
             remaining.max(Duration::from_millis(1)),
             job.policy.max_response_bytes,
         );
+        let retry_after = sent.retry_after;
+        let mut spend_limit = false;
+        if let (
+            Err(CallError::Http {
+                status: 429,
+                message,
+            }),
+            Some(m),
+        ) = (&result, &job.metered)
+        {
+            if message.contains(SPEND_LIMIT_MARK) {
+                // Not a rate limit: every call would get the same until someone raises the limit.
+                m.gate.park();
+                spend_limit = true;
+            } else if let Some(wait) = retry_after {
+                // The provider speaks for all its callers: every worker holds off, not only this call.
+                m.gate.cool_down(SystemTime::now() + wait);
+            }
+        }
         let again = match &result {
-            Err(e) if e.retryable() && retries < job.policy.max_retries => {
+            Err(e) if e.retryable() && !spend_limit && retries < job.policy.max_retries => {
                 let wait = backoff::in_call_retry_delay(retries, seed, retry_after);
                 (Instant::now() + wait < deadline).then_some(wait)
             }
@@ -216,6 +347,7 @@ fn call(agent: &ureq::Agent, job: &Job) -> CallOutcome {
                     result,
                     elapsed: started.elapsed(),
                     retries,
+                    ratelimit: sent.ratelimit,
                 };
             }
         }
@@ -277,6 +409,18 @@ impl InFlight {
         policy: CallPolicy,
         wake: bool,
     ) -> InFlight {
+        InFlight::send_metered(codec, request, policy, None, wake)
+    }
+
+    /// Like `send`, counted against a provider's gate: the HTTP thread waits there (the caller's claim and
+    /// heartbeats go on meanwhile) until the request may go, within the call's time budget.
+    pub fn send_metered(
+        codec: &'static dyn Codec,
+        request: HttpRequest,
+        policy: CallPolicy,
+        metered: Option<Metered>,
+        wake: bool,
+    ) -> InFlight {
         let home = TRANSPORTS.with(|t| {
             Rc::clone(
                 t.borrow_mut()
@@ -289,6 +433,7 @@ impl InFlight {
             codec,
             request,
             policy,
+            metered,
             reply,
             wake,
         };
@@ -319,6 +464,7 @@ impl InFlight {
             ))),
             elapsed: Duration::ZERO,
             retries: 0,
+            ratelimit: None,
         });
         InFlight {
             rx,
@@ -345,6 +491,7 @@ impl InFlight {
                     )),
                     elapsed: Duration::ZERO,
                     retries: 0,
+                    ratelimit: None,
                 })
             }
         }
@@ -431,6 +578,114 @@ mod tests {
         assert_eq!(reqs.len(), 1);
         assert_eq!(reqs[0].header("x-api-key"), Some("k"));
         assert_eq!(reqs[0].body.as_ref().unwrap()["max_tokens"], 4000);
+    }
+
+    /// A gate that says wait until `open`, records cooldowns and parking, and counts what it admitted.
+    struct TestGate {
+        open: Instant,
+        parked: std::sync::atomic::AtomicBool,
+        admitted: std::sync::atomic::AtomicU64,
+        cooled: std::sync::Mutex<Option<SystemTime>>,
+    }
+
+    impl TestGate {
+        fn new(open_in: Duration) -> Arc<TestGate> {
+            Arc::new(TestGate {
+                open: Instant::now() + open_in,
+                parked: Default::default(),
+                admitted: Default::default(),
+                cooled: Default::default(),
+            })
+        }
+    }
+
+    impl ProviderGate for TestGate {
+        fn admit(&self, _input: u64, _output: u64) -> Admission {
+            use std::sync::atomic::Ordering;
+            if self.parked.load(Ordering::SeqCst) {
+                return Admission::Parked;
+            }
+            let now = Instant::now();
+            if now < self.open {
+                return Admission::Wait(self.open - now);
+            }
+            self.admitted.fetch_add(1, Ordering::SeqCst);
+            Admission::Go
+        }
+        fn cool_down(&self, until: SystemTime) {
+            *self.cooled.lock().unwrap() = Some(until);
+        }
+        fn park(&self) {
+            self.parked.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    fn metered_call(server: &FakeLlm, gate: &Arc<TestGate>, timeout: Duration) -> CallOutcome {
+        let c = cfg(server.url(), timeout);
+        wait(InFlight::send_metered(
+            &Anthropic,
+            Anthropic.build(&c, &prompt()),
+            CallPolicy::new(timeout),
+            Some(Metered {
+                gate: Arc::clone(gate) as Arc<dyn ProviderGate>,
+                input_tokens: 10,
+                output_tokens: 4000,
+            }),
+            false,
+        ))
+    }
+
+    #[test]
+    fn a_call_waits_at_its_gate_and_each_try_is_counted() {
+        let server = FakeLlm::start(Behavior::Good).unwrap();
+        let gate = TestGate::new(Duration::from_millis(400));
+        let started = Instant::now();
+        let out = metered_call(&server, &gate, Duration::from_secs(5));
+        assert!(out.result.is_ok(), "{:?}", out.result);
+        assert!(started.elapsed() >= Duration::from_millis(390));
+        assert_eq!(gate.admitted.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // A wait longer than the call's time budget ends the call unsent, as a transport failure.
+        let gate = TestGate::new(Duration::from_secs(60));
+        let out = metered_call(&server, &gate, Duration::from_millis(500));
+        assert!(
+            matches!(out.result, Err(CallError::Transport(_))),
+            "{:?}",
+            out.result
+        );
+        assert_eq!(server.request_count(), 1, "nothing sent past the gate");
+    }
+
+    #[test]
+    fn a_429_with_retry_after_cools_the_whole_provider_down() {
+        let server = FakeLlm::start(Behavior::Flaky {
+            status: 429,
+            times: 1,
+        })
+        .unwrap();
+        let gate = TestGate::new(Duration::ZERO);
+        let before = SystemTime::now();
+        let out = metered_call(&server, &gate, Duration::from_secs(10));
+        assert!(out.result.is_ok(), "{:?}", out.result);
+        let until = gate.cooled.lock().unwrap().expect("a cooldown");
+        assert!(until >= before + Duration::from_secs(1), "retry-after: 1");
+        assert_eq!(
+            gate.admitted.load(std::sync::atomic::Ordering::SeqCst),
+            2,
+            "the retry passed the gate too"
+        );
+    }
+
+    #[test]
+    fn a_parked_provider_gets_no_request() {
+        let server = FakeLlm::start(Behavior::Good).unwrap();
+        let gate = TestGate::new(Duration::ZERO);
+        gate.park();
+        let out = metered_call(&server, &gate, Duration::from_secs(5));
+        match out.result {
+            Err(CallError::Transport(m)) => assert!(m.contains("parked"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(server.request_count(), 0);
     }
 
     #[test]

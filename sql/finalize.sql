@@ -398,37 +398,7 @@ GRANT SELECT ON damascus.queue, damascus.phase_stats, damascus.worker_status TO 
 GRANT EXECUTE ON FUNCTION damascus.worker_counters() TO pg_monitor, damascus_user;
 GRANT EXECUTE ON FUNCTION damascus_analyze(interval) TO pg_monitor, damascus_user;
 
--- Spend: the cost of a call from its usage and the price valid when it started. Each provider counts its own
--- way: Anthropic's input_tokens exclude the cached ones (cache writes and reads come on top), OpenAI's
--- prompt_tokens include the cached ones (so the uncached part is prompt_tokens - cached_tokens).
-CREATE FUNCTION damascus.cycle_cost(provider text, model text, at timestamptz, input_tokens integer,
-                                    output_tokens integer, cache_write_tokens integer, cache_read_tokens integer,
-                                    OUT cost_usd numeric, OUT cost_note text)
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT CASE WHEN input_tokens IS NULL OR output_tokens IS NULL THEN NULL
-                WHEN p.model IS NULL THEN NULL
-                WHEN provider = 'openai' THEN
-                    ((input_tokens - coalesce(cache_read_tokens, 0)) * p.input_usd_per_mtok
-                     + coalesce(cache_read_tokens, 0) * coalesce(p.cache_read_usd_per_mtok, p.input_usd_per_mtok)
-                     + output_tokens * p.output_usd_per_mtok) / 1000000
-                ELSE
-                    (input_tokens * p.input_usd_per_mtok
-                     + coalesce(cache_write_tokens, 0) * coalesce(p.cache_write_usd_per_mtok, p.input_usd_per_mtok)
-                     + coalesce(cache_read_tokens, 0) * coalesce(p.cache_read_usd_per_mtok, p.input_usd_per_mtok)
-                     + output_tokens * p.output_usd_per_mtok) / 1000000
-           END,
-           CASE WHEN input_tokens IS NULL OR output_tokens IS NULL THEN 'the provider reported no usage'
-                WHEN p.model IS NULL THEN format('no price for model %s at %s (damascus.prices)', model, at)
-           END
-    FROM (SELECT 1) AS one
-    LEFT JOIN LATERAL (SELECT * FROM damascus.prices AS r
-                       WHERE r.model = cycle_cost.model AND r.valid_from <= cycle_cost.at
-                       ORDER BY r.valid_from DESC LIMIT 1) AS p ON true
-$$;
-COMMENT ON FUNCTION damascus.cycle_cost(text, text, timestamptz, integer, integer, integer, integer) IS
-    'Cost in USD of one call from its token counts and the price of its model valid at the given time; NULL with the reason when unknown';
-REVOKE EXECUTE ON FUNCTION damascus.cycle_cost(text, text, timestamptz, integer, integer, integer, integer) FROM PUBLIC;
-
+-- Spend: what each cycle cost (priced in its verdict transaction) added up.
 CREATE VIEW damascus.spend AS
 SELECT (c.started_at AT TIME ZONE 'UTC')::date AS day,
        c.phase,

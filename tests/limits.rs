@@ -23,20 +23,6 @@ fn setup() -> std::sync::MutexGuard<'static, ()> {
     guard
 }
 
-/// refine_spec sends tickets straight to done, so each ticket is one call.
-fn one_call_per_ticket(c: &mut Client) -> PhasesGuard {
-    let guard = keep_phases();
-    c.batch_execute(
-        "UPDATE damascus.phases SET transitions = '{\"spec_ok\": \"done\"}' WHERE name = 'refine_spec'",
-    )
-    .unwrap();
-    guard
-}
-
-fn count(c: &mut Client, sql: &str) -> i64 {
-    c.query_one(sql, &[]).unwrap().get(0)
-}
-
 fn wait_all_done(c: &mut Client, n: i64, timeout: Duration) {
     wait_for(&format!("{n} tickets done"), timeout, || {
         (count(
@@ -56,7 +42,7 @@ fn matching_limits_draw_no_429_and_use_the_allowed_rate() {
     let llm = fresh(Behavior::Good);
     let mut c = client();
     worker_pid(&mut c);
-    let _phases = one_call_per_ticket(&mut c);
+    let _phases = refine_spec_only(&mut c);
     let limits = RateLimits {
         rpm: 240,
         input_tpm: 60_000,
@@ -109,7 +95,7 @@ fn a_429_with_retry_after_holds_every_worker_off() {
     let llm = fresh(Behavior::Good);
     let mut c = client();
     worker_pid(&mut c);
-    let _phases = one_call_per_ticket(&mut c);
+    let _phases = refine_spec_only(&mut c);
     let first = submit(&mut c, "Rate limited", "body [fakellm:cooldown=3]");
     wait_for("the 429", Duration::from_secs(20), || {
         (llm.request_count() >= 1).then_some(())
@@ -159,7 +145,7 @@ fn a_spend_limit_parks_the_provider_until_resumed() {
     let llm = fresh(Behavior::SpendLimit);
     let mut c = client();
     worker_pid(&mut c);
-    let _phases = one_call_per_ticket(&mut c);
+    let _phases = refine_spec_only(&mut c);
     let refused = submit(&mut c, "Over the spend limit", "body");
     wait_for("the provider to be parked", Duration::from_secs(20), || {
         c.query_one("SELECT parked FROM damascus.provider_state()", &[])

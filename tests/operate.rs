@@ -12,10 +12,6 @@ fn setup() -> std::sync::MutexGuard<'static, ()> {
     setup_ticks(&[])
 }
 
-fn count(c: &mut Client, sql: &str) -> i64 {
-    c.query_one(sql, &[]).unwrap().get(0)
-}
-
 /// state, phase, tickets, claimed, stale claims, backing off, waiting.
 type QueueRow = (String, Option<String>, i64, i64, i64, i64, i64);
 

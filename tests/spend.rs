@@ -117,11 +117,7 @@ fn openai_cached_tokens_are_priced_as_cached_and_null_stays_null() {
     let cached = submit(&mut c, "Cached", "body [fakellm:cache=0:100]");
     let null = submit(&mut c, "Null details", "body [fakellm:cache=0:null]");
     // refine_spec only, so the second tick runs `null` rather than `cached`'s next phase.
-    let _phases = keep_phases();
-    c.batch_execute(
-        "UPDATE damascus.phases SET transitions = '{\"spec_ok\": \"done\"}' WHERE name = 'refine_spec'",
-    )
-    .unwrap();
+    let _phases = refine_spec_only(&mut c);
     tick(&mut c).expect("claimed");
     tick(&mut c).expect("claimed");
     // OpenAI's prompt_tokens include the cached ones: only the rest is priced as input.
@@ -237,9 +233,7 @@ fn a_budget_stops_claims_before_its_limit_and_raising_it_lets_work_go_on() {
     let mut c = client();
     let _p = Prices::set(&mut c, "0.5", "1", "NULL", "NULL");
     // refine_spec only: implement and review would share the budget and muddle the count.
-    let _phases = keep_phases();
-    c.batch_execute("UPDATE damascus.phases SET transitions = '{\"spec_ok\": \"done\"}' WHERE name = 'refine_spec'")
-        .unwrap();
+    let _phases = refine_spec_only(&mut c);
     let budget: i64 = c
         .query_one(
             "INSERT INTO damascus.budgets (scope, period, limit_usd) VALUES ('all', 'day', 0.02) RETURNING id",

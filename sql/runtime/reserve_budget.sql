@@ -14,8 +14,15 @@ WITH b AS (
     ORDER BY x.id
     FOR UPDATE
 ), need AS (
-    SELECT $7::bigint + $8::bigint AS tokens, p.cost_usd AS usd
-    FROM damascus.cycle_cost($5, $6, now(), $7, $8, NULL, NULL) AS p
+    -- The worst case priced as uncached input and full output (NULL when the model has no price).
+    SELECT $7::bigint + $8::bigint AS tokens,
+           ($7::integer * p.input_usd_per_mtok + $8::integer * p.output_usd_per_mtok) / 1000000 AS usd
+    FROM (SELECT 1) AS one
+    LEFT JOIN LATERAL (SELECT r.input_usd_per_mtok, r.output_usd_per_mtok
+                       FROM damascus.prices AS r
+                       WHERE r.model = $6 AND r.valid_from <= now()
+                       ORDER BY r.valid_from DESC
+                       LIMIT 1) AS p ON true
 ), over AS (
     SELECT b.id, b.period,
            (b.limit_usd IS NOT NULL AND (need.usd IS NULL OR u.spent_usd + need.usd > b.limit_usd))

@@ -521,3 +521,34 @@ pub fn assert_pg_cron_moves_a_ticket(command: &str, state: &str, cycles_run: usi
     c.execute("SELECT cron.unschedule($1::bigint)", &[&job])
         .unwrap();
 }
+
+/// The single number `sql` returns.
+pub fn count(c: &mut Client, sql: &str) -> i64 {
+    c.query_one(sql, &[]).unwrap().get(0)
+}
+
+/// Sends refine_spec's accepted tickets straight to done (so each ticket is one call) until the guard drops.
+pub fn refine_spec_only(c: &mut Client) -> PhasesGuard {
+    let guard = keep_phases();
+    c.batch_execute(
+        "UPDATE damascus.phases SET transitions = '{\"spec_ok\": \"done\"}' WHERE name = 'refine_spec'",
+    )
+    .unwrap();
+    guard
+}
+
+/// Waits until the claim on `id` is given back (a stopped call), within 5 s of `since`, and checks its cycle
+/// says interrupted.
+pub fn assert_claim_given_back(c: &mut Client, id: i64, since: Instant) {
+    wait_for(
+        "the claim to be given back",
+        Duration::from_secs(15),
+        || (!ticket(c, id).claimed).then_some(()),
+    );
+    assert!(
+        since.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        since.elapsed()
+    );
+    assert_eq!(cycles(c, id)[0].verdict.as_deref(), Some("interrupted"));
+}

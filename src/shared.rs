@@ -163,9 +163,12 @@ unsafe extern "C-unwind" fn at_transaction_end(
 fn wake_workers() {
     let Some(s) = shared() else { return };
     s.work_seq.fetch_add(1, Ordering::AcqRel);
+    // SAFETY: MyProcPid is set before any extension code runs and never changes.
+    let me = unsafe { pg_sys::MyProcPid };
     for w in &s.workers {
         let pid = w.pid.load(Ordering::Acquire);
-        if pid == 0 {
+        // A worker's own verdict already makes it look for work; waking itself would only add a loop turn.
+        if pid == 0 || pid == me {
             continue;
         }
         // SAFETY: main thread; BackendPidGetProc takes ProcArrayLock itself and returns NULL for a pid that
